@@ -30,11 +30,22 @@ REGISTRY: dict[str, ToolSpec] = {}
 # Modules that register tools; imported lazily by all_tools() so `tissuetalk --help` stays fast.
 TOOL_MODULES = (
     "tools.data",
+    "tools.describe",
     "tools.graph",
+    "tools.adjacency",
     "tools.serialise",
     "tools.embedding",
     "tools.domains",
     "tools.plots",
+    "tools.markers",
+    "tools.composition",
+    "tools.enrichment",
+    "tools.communication",
+    "tools.knowledge",
+    "tools.gene_embeddings",
+    "tools.sentences",
+    "tools.generation",
+    "tools.perturbation",
 )
 
 

@@ -1,0 +1,115 @@
+"""Entities in a request, checked against the dataset: genes (var_names), categories of obs
+annotations (cell types, domains, regions), numbers with their unit or noun ("7 domains",
+"30 µm"), and gene-like or type-like words that the dataset does not have."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+NUM_RE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(µm|um|microns?|micrometers?|%|[a-zA-Z_-]+)?")
+STOP = set("""a an the of in on at to for and or with by from is are be this that these those
+what which where how many much show me my please find give tell about do does all each per
+top into than its it as can could would i we you cell cells gene genes type types data
+dataset tissue spot spots domain domains region regions cluster clusters neighbouring
+neighboring nearby surrounding other more fewer single individual most least some any no""".split())
+
+
+@dataclass
+class Entities:
+    genes: list[str] = field(default_factory=list)
+    unknown_genes: list[str] = field(default_factory=list)
+    categories: list[tuple[str, str]] = field(default_factory=list)  # (obs column, value)
+    unknown_types: list[str] = field(default_factory=list)
+    numbers: list[tuple[float, str]] = field(default_factory=list)  # (value, following word)
+    before: list[str] = field(default_factory=list)  # the word before each number
+    after: list[list[str]] = field(default_factory=list)  # the two words after each number
+    columns: list[str] = field(default_factory=list)  # obs columns named (or implied) in the text
+    words: list[str] = field(default_factory=list)
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"[\s_-]+", " ", str(s).lower()).strip()
+
+
+def categorical_columns(adata, max_categories: int = 100) -> dict[str, list[str]]:
+    """obs columns that are categorical (or short string columns) -> their values."""
+    import pandas as pd
+
+    out = {}
+    for col in adata.obs.columns:
+        s = adata.obs[col]
+        if isinstance(s.dtype, pd.CategoricalDtype) or s.dtype == object:
+            vals = [v for v in pd.unique(s.dropna().astype(str))]
+            if 1 < len(vals) <= max_categories:
+                out[col] = vals
+    return out
+
+
+def extract(text: str, adata=None) -> Entities:
+    """Find genes, obs categories and numbers of `text` (checked against `adata` if given)."""
+    ent = Entities()
+    tokens = re.findall(r"[A-Za-z][A-Za-z0-9_.\-]*[A-Za-z0-9]|[A-Za-z]", text)
+    ent.words = [t.lower() for t in tokens]
+    for m in NUM_RE.finditer(text):
+        prev = re.findall(r"([A-Za-z_]+)\W*$", text[: m.start()])
+        ent.numbers.append((float(m.group(1)), (m.group(2) or "").lower()))
+        ent.before.append(prev[0].lower() if prev else "")
+        ent.after.append([w.lower() for w in re.findall(r"[A-Za-zµ_-]+", text[m.end(1):])[:2]])
+    if adata is None:
+        return ent
+    genes = {str(g).upper(): str(g) for g in adata.var_names}
+    lowtext = " " + _norm(text) + " "
+    matched_spans: set[str] = set()
+    for col, vals in categorical_columns(adata).items():
+        for v in sorted(vals, key=len, reverse=True):
+            nv = _norm(v)
+            if len(nv) < 2 or nv.isdigit():
+                continue
+            m = re.search(rf"(?<![\w]){re.escape(nv)}s?(?![\w])", lowtext)
+            if m and not any(nv in _norm(w) and nv != _norm(w) for _, w, _ in ent.categories):
+                ent.categories.append((col, v, m.start()))
+                matched_spans.update(nv.split())
+    ent.categories = [(c, v) for c, v, _ in sorted(ent.categories, key=lambda t: t[2])]
+    ent.columns = _columns(lowtext, adata)
+    for t in tokens:
+        up = t.upper()
+        if up in genes and t.lower() not in STOP and len(t) > 1:
+            if genes[up] not in ent.genes:
+                ent.genes.append(genes[up])
+        elif _looks_like_gene(t) and t.lower() not in matched_spans:
+            ent.unknown_genes.append(t)
+    for m in re.finditer(r"\b([A-Za-z][\w+-]*)\s+cells?\b|\bcell type\s+([A-Za-z][\w+-]*)", text):
+        w = m.group(1) or m.group(2)
+        if w.lower() not in STOP and _norm(w) not in matched_spans and w.upper() not in genes \
+                and not any(_norm(w) in _norm(v) for _, v in ent.categories):
+            ent.unknown_types.append(w)
+    return ent
+
+
+def _columns(lowtext: str, adata) -> list[str]:
+    """Categorical obs columns the text names ('ground_truth', 'domains') or implies
+    ('each layer' -> the column whose values are Layer1, Layer2, ...)."""
+    words = set(re.findall(r"[a-z0-9]+", lowtext))
+    stems = {w[:-1] if w.endswith("s") else w for w in words}
+    named, implied = [], []
+    for col, vals in categorical_columns(adata).items():
+        nc = _norm(col)
+        if re.search(rf"(?<![\w]){re.escape(nc)}s?(?![\w])", lowtext) or nc in stems:
+            named.append(col)
+        elif any(re.sub(r"[\d\s_]+$", "", _norm(v)) in stems for v in vals):
+            implied.append(col)
+    return named + implied
+
+
+ACRONYMS = {"HTML", "JSON", "PDF", "UMAP", "PCA", "GSEA", "ORA", "DNA", "RNA", "GMM", "KNN", "ARI",
+            "NMI", "LLM", "CSV", "TSV", "GO", "QC", "HVG", "HVGS", "DE", "WM", "ST"}
+
+
+def _looks_like_gene(t: str) -> bool:
+    """Upper-case symbol with a digit or 3+ letters (GFAP, Cd74, SNAP25), not a plain word."""
+    if len(t) < 3 or len(t) > 15 or t.lower() in STOP:
+        return False
+    has_digit = any(c.isdigit() for c in t)
+    if t.isupper() and t.isalnum() and (has_digit or len(t) >= 3) and t not in ACRONYMS:
+        return True
+    return bool(re.fullmatch(r"[A-Z][a-z]{1,4}\d+[a-z]?", t))  # mouse style: Cd74, Gad1

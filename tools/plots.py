@@ -1,0 +1,116 @@
+"""Figures (PNG): spatial maps of domains against annotations, UMAP of an embedding."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from tools.errors import require_obs, require_obsm
+from tools.registry import register
+
+
+class SpatialPlotParams(BaseModel):
+    dataset: str = Field("data", description="id of a loaded dataset")
+    keys: list[str] = Field(["domain"], min_length=1, max_length=4,
+                            description="obs columns to map side by side (e.g. domain, ground_truth)")
+    name: str = Field("spatial_domains", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                      description="file name stem of the figure")
+    spot_size: float = Field(12.0, gt=0, le=200, description="marker size")
+
+
+class UmapPlotParams(BaseModel):
+    dataset: str = Field("data", description="id of a loaded dataset")
+    embedding: str = Field("X_pca", description="obsm key to project")
+    color: str = Field("domain", description="obs column for the colours")
+    name: str = Field("umap", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="file name stem")
+    n_neighbors: int = Field(15, ge=2, le=200, description="UMAP neighbours")
+
+
+class FigureResult(BaseModel):
+    figure: str = Field(description="path of the PNG written")
+    panels: list[str]
+
+
+def _save(fig, path: Path) -> None:
+    """Write a figure atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def _categorical_colours(values):
+    import matplotlib
+
+    cats = sorted({str(v) for v in values if str(v) != "nan"})
+    cmap = matplotlib.colormaps["tab20"]
+    return {c: cmap(i % 20) for i, c in enumerate(cats)}
+
+
+def _scatter(ax, xy, values, title, size, invert_y: bool):
+    colours = _categorical_colours(values)
+    vals = np.array([str(v) for v in values])
+    nan = vals == "nan"
+    if nan.any():
+        ax.scatter(xy[nan, 0], xy[nan, 1], s=size, c="lightgrey", linewidths=0, label="NA")
+    for c, col in colours.items():
+        m = vals == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=size, color=col, linewidths=0, label=c)
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if invert_y:
+        ax.invert_yaxis()
+    ax.legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize=7, markerscale=1.5, frameon=False)
+
+
+@register("plot_spatial", SpatialPlotParams, FigureResult, writes_files=True,
+          intents=("plot", "map", "show the domains", "spatial map", "figure"))
+def plot_spatial(adata, p: SpatialPlotParams, *, workdir) -> FigureResult:
+    """Spatial map of one or more obs columns (e.g. domains next to ground truth)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    require_obsm(adata, "spatial")
+    for k in p.keys:
+        require_obs(adata, k)
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)
+    fig, axes = plt.subplots(1, len(p.keys), figsize=(5.2 * len(p.keys), 4.6), squeeze=False)
+    for ax, k in zip(axes[0], p.keys):
+        _scatter(ax, xy, adata.obs[k].astype(str).to_numpy(), k, p.spot_size, invert_y=True)
+    path = Path(workdir) / f"{p.name}.png"
+    _save(fig, path)
+    plt.close(fig)
+    return FigureResult(figure=str(path), panels=list(p.keys))
+
+
+@register("plot_umap", UmapPlotParams, FigureResult, writes_files=True,
+          intents=("umap", "embedding plot", "visualise the embedding"))
+def plot_umap(adata, p: UmapPlotParams, *, workdir) -> FigureResult:
+    """UMAP of an embedding, coloured by an obs column; writes obsm['X_umap_<embedding>']."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import umap
+
+    require_obsm(adata, p.embedding)
+    require_obs(adata, p.color)
+    X = np.asarray(adata.obsm[p.embedding], dtype=np.float32)
+    U = umap.UMAP(n_neighbors=p.n_neighbors, random_state=0, n_jobs=1).fit_transform(X)
+    adata.obsm[f"X_umap_{p.embedding}"] = U
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    _scatter(ax, U, adata.obs[p.color].astype(str).to_numpy(), f"UMAP of {p.embedding}",
+             4.0, invert_y=False)
+    path = Path(workdir) / f"{p.name}.png"
+    _save(fig, path)
+    plt.close(fig)
+    return FigureResult(figure=str(path), panels=[p.color])
