@@ -1,6 +1,7 @@
 """Shared fixtures. Real data is read by path from ../shared/data (or $TISSUETALK_DATA);
 tests that need it skip with a clear reason when it is absent."""
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,10 @@ warnings.filterwarnings("ignore", category=SyntaxWarning)  # squidpy's docrep on
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tests never write into the user's ~/.tissuetalk or ~/.cache/tissuetalk.
+_TMP = tempfile.mkdtemp(prefix="tissuetalk-tests-")
+os.environ["TISSUETALK_HOME"] = os.path.join(_TMP, "home")
+os.environ["TISSUETALK_CACHE"] = os.path.join(_TMP, "cache")
 
 REPO = Path(__file__).resolve().parents[1]
 
