@@ -26,6 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if not sys.warnoptions:  # library noise (docrep, squidpy deprecations) is not for the user
+        import warnings
+
+        warnings.filterwarnings("ignore", category=SyntaxWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        import logging
+
+        logging.getLogger("spatialdata._logging").setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
