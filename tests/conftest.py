@@ -63,3 +63,23 @@ def osmfish(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def knowledge(shared_data) -> Path:
     return _shared_file(shared_data, "knowledge")
+
+
+@pytest.fixture(scope="module")
+def small_h5ad(tmp_path_factory):
+    """A small simulated tissue (.h5ad) the agent tests load."""
+    from tools.simulate import simulate_tissue
+
+    path = tmp_path_factory.mktemp("input") / "tissue.h5ad"
+    simulate_tissue(seed=0, n_rows=10, n_cols=12).write_h5ad(path)
+    return path
+
+
+@pytest.fixture
+def test_tools():
+    """Registers the agent tests' toy tools for one test."""
+    from test_agent_toolkit import register_test_tools, unregister
+
+    register_test_tools()
+    yield
+    unregister()

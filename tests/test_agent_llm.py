@@ -17,15 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 CLI = ["-m", "agent.cli"]
 
 
-@pytest.fixture(scope="module")
-def small_h5ad(tmp_path_factory):
-    from tools.simulate import simulate_tissue
-
-    path = tmp_path_factory.mktemp("input") / "tissue.h5ad"
-    simulate_tissue(seed=2, n_rows=8, n_cols=10).write_h5ad(path)
-    return path
-
-
 def script():
     return [
         {"error": 500},  # retried by the SDK

@@ -14,24 +14,6 @@ from agent.session import Session
 from tools.registry import ToolSpec
 
 
-@pytest.fixture(scope="module")
-def small_h5ad(tmp_path_factory):
-    from tools.simulate import simulate_tissue
-
-    path = tmp_path_factory.mktemp("input") / "tissue.h5ad"
-    simulate_tissue(seed=0, n_rows=10, n_cols=12).write_h5ad(path)
-    return path
-
-
-@pytest.fixture
-def test_tools():
-    from test_agent_toolkit import register_test_tools, unregister
-
-    register_test_tools()
-    yield
-    unregister()
-
-
 @pytest.fixture
 def agent(tmp_path, small_h5ad):
     s = Session.open(tmp_path / "session", extra_roots=[small_h5ad])

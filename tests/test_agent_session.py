@@ -11,24 +11,6 @@ from agent.toolset import discover, execute
 from tools.errors import DataError, UnknownKeyError
 
 
-@pytest.fixture(scope="module")
-def small_h5ad(tmp_path_factory):
-    from tools.simulate import simulate_tissue
-
-    path = tmp_path_factory.mktemp("input") / "tissue.h5ad"
-    simulate_tissue(seed=1, n_rows=8, n_cols=10).write_h5ad(path)
-    return path
-
-
-@pytest.fixture
-def test_tools():
-    from test_agent_toolkit import register_test_tools, unregister
-
-    register_test_tools()
-    yield
-    unregister()
-
-
 def _session(tmp_path, src):
     s = Session.open(tmp_path / "session", extra_roots=[src])
     s.load_dataset(src)

@@ -14,15 +14,6 @@ CLI = ["-m", "agent.cli"]
 PROMPT = "you> "
 
 
-@pytest.fixture(scope="module")
-def small_h5ad(tmp_path_factory):
-    from tools.simulate import simulate_tissue
-
-    path = tmp_path_factory.mktemp("input") / "tissue.h5ad"
-    simulate_tissue(seed=3, n_rows=8, n_cols=10).write_h5ad(path)
-    return path
-
-
 def spawn(args, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
            "TISSUETALK_TOOL_MODULES": "test_agent_toolkit", "TISSUETALK_HOME": str(tmp_path / "home"),
