@@ -1,7 +1,10 @@
 """Spatial domains: cluster a representation of spots, optionally smoothed over the spatial
-graph and refined with a Potts (HMRF) prior; score against annotations.
+graph and refined with a Potts (HMRF) prior; score against annotations. Region detection
+(ST-LLM table 2): how well a classifier trained on part of the spots predicts the annotated region
+of the others from their embedding.
 
-Writes ``obs['domain']`` (categorical) and ``uns['domain']`` (parameters, sizes, scores).
+Writes ``obs['domain']`` (categorical) and ``uns['domain']`` (parameters, sizes, scores);
+``uns['region_detection']`` (split, accuracy, macro precision / recall, per-class scores).
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from tools.errors import ParameterError, UnknownKeyError, require_obs, require_obsm
+from tools.errors import DataError, ParameterError, UnknownKeyError, require_obs, require_obsm
 from tools.graph import smooth_array
 from tools.registry import register
 
@@ -152,15 +155,22 @@ def cluster(F: np.ndarray, n: int, method: str, seed: int, covariance: str = "ti
     return _leiden_n(None, F, n, seed), None
 
 
-def score_labels(truth, pred) -> dict:
-    """ARI / AMI / NMI on spots with a label (NaN / empty excluded)."""
+def labelled(truth) -> np.ndarray:
+    """Boolean mask of spots that carry a label (NaN, None, '' and 'nan' count as missing)."""
     import pandas as pd
-    from sklearn import metrics
 
     truth = pd.Series(np.asarray(truth, dtype=object))
-    ok = truth.notna() & (truth.astype(str) != "") & (truth.astype(str).str.lower() != "nan")
-    t = truth[ok].astype(str).to_numpy()
-    p = np.asarray(pred)[ok.to_numpy()]
+    s = truth.astype(str)
+    return (truth.notna() & (s != "") & (s.str.lower() != "nan")).to_numpy()
+
+
+def score_labels(truth, pred) -> dict:
+    """ARI / AMI / NMI on spots with a label (NaN / empty excluded)."""
+    from sklearn import metrics
+
+    ok = labelled(truth)
+    t = np.asarray(truth, dtype=object)[ok].astype(str)
+    p = np.asarray(pred)[ok]
     return {
         "ari": float(metrics.adjusted_rand_score(t, p)),
         "ami": float(metrics.adjusted_mutual_info_score(t, p)),
@@ -182,6 +192,8 @@ def find_domains(adata, p: DomainParams) -> DomainResult:
         raise ParameterError(f"n_domains={p.n_domains} is more than the {adata.n_obs} spots")
     if p.label_key is not None:
         require_obs(adata, p.label_key)
+        if not labelled(adata.obs[p.label_key]).any():
+            raise DataError(f"obs column '{p.label_key}' has no labelled spots (all NaN)")
     F = np.asarray(adata.obsm[p.embedding], dtype=np.float64)[:, : p.n_components]
     if not np.isfinite(F).all():
         raise ParameterError(f"obsm['{p.embedding}'] contains NaN or infinite values")
@@ -199,11 +211,130 @@ def find_domains(adata, p: DomainParams) -> DomainResult:
     order = {lab: i for i, lab in enumerate(pd.Series(labels).value_counts().index)}
     names = np.array([str(order[x]) for x in labels])
     cats = [str(i) for i in range(len(order))]
-    adata.obs[p.key_added] = pd.Categorical(names, categories=cats)
     sizes = {c: int((names == c).sum()) for c in cats}
     scores = score_labels(adata.obs[p.label_key], names) if p.label_key else {}
+    adata.obs[p.key_added] = pd.Categorical(names, categories=cats)
     seconds = time.perf_counter() - t0
     adata.uns[p.key_added] = {"params": p.model_dump(exclude_none=True), "sizes": sizes,
                               **scores, "seconds": seconds}
     return DomainResult(key=p.key_added, n_domains=len(cats), sizes=sizes, seconds=seconds,
                         **scores)
+
+
+# ---------------------------------------------------------------- region detection
+class RegionParams(BaseModel):
+    dataset: str = Field("data", description="id of a loaded dataset")
+    embedding: str = Field("X_pca", description="obsm key of the spot features "
+                           "(e.g. X_pca, X_text, X_stllm)")
+    label_key: str = Field("ground_truth", description="obs column of region labels to predict; "
+                           "spots without a label (NaN) are left out")
+    classifier: Literal["logistic", "knn"] = Field(
+        "logistic", description="multinomial logistic regression, or k-nearest neighbours (k=15)")
+    test_size: float = Field(0.3, gt=0.0, lt=1.0,
+                             description="fraction of labelled spots held out for testing")
+    n_components: int | None = Field(None, ge=1, le=1000,
+                                     description="use only the leading columns (None = all)")
+    smooth_rounds: int = Field(0, ge=0, le=10, description="rounds of neighbour smoothing of the "
+                               "features before training (0 = the embedding as it is)")
+    adjacency: str = Field("spatial_connectivities",
+                           description="obsp key of the spatial graph (for smooth_rounds > 0)")
+    C: float = Field(1.0, gt=0.0, le=1e4, description="inverse regularisation strength "
+                     "(logistic regression)")
+    seed: int = Field(0, ge=0, description="seed of the stratified split and the classifier")
+    key_added: str = Field("region_detection", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                           description="uns key to write")
+
+
+class ClassScores(BaseModel):
+    precision: float
+    recall: float
+    f1: float
+    support: int = Field(description="test spots of this class")
+
+
+class RegionResult(BaseModel):
+    key: str
+    classifier: str
+    n_train: int
+    n_test: int
+    n_classes: int
+    n_unlabelled: int = Field(description="spots left out because their label is missing")
+    accuracy: float
+    precision: float = Field(description="macro-averaged over classes")
+    recall: float = Field(description="macro-averaged over classes")
+    f1: float = Field(description="macro-averaged over classes")
+    per_class: dict[str, ClassScores]
+    seconds: float
+
+
+@register("detect_regions", RegionParams, RegionResult,
+          intents=("region detection", "detect regions", "predict the regions",
+                   "predict the layers", "train a classifier", "classifier accuracy"))
+def detect_regions(adata, p: RegionParams) -> RegionResult:
+    """Region detection (ST-LLM table 2): train a classifier on a stratified split of labelled
+    spots' embedding; report test accuracy and macro precision / recall. Writes uns[key_added]."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    t0 = time.perf_counter()
+    require_obsm(adata, p.embedding)
+    require_obs(adata, p.label_key)
+    F = np.asarray(adata.obsm[p.embedding], dtype=np.float64)
+    if F.ndim != 2 or F.shape[0] != adata.n_obs:
+        raise DataError(f"obsm['{p.embedding}'] must be an (n_spots, n_features) array")
+    F = F[:, : p.n_components]
+    if not np.isfinite(F).all():
+        raise ParameterError(f"obsm['{p.embedding}'] contains NaN or infinite values")
+    if p.smooth_rounds:
+        F = smooth_array(F, _neighbour_matrix(adata, p.adjacency), p.smooth_rounds)
+    ok = labelled(adata.obs[p.label_key])
+    y = np.asarray(adata.obs[p.label_key], dtype=object)[ok].astype(str)
+    X = F[ok]
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        raise DataError(f"obs column '{p.label_key}' needs at least 2 labelled classes, "
+                        f"it has {len(classes)} ({int(ok.sum())} labelled spots)")
+    rare = classes[counts < 2]
+    if len(rare):
+        raise DataError(f"class(es) {', '.join(map(str, rare[:5]))} of '{p.label_key}' have a "
+                        "single labelled spot: a stratified split needs at least 2 per class")
+    n_test = int(np.ceil(p.test_size * len(y)))
+    if n_test < len(classes) or len(y) - n_test < len(classes):
+        raise ParameterError(f"test_size={p.test_size} of {len(y)} labelled spots leaves fewer "
+                             f"than one spot per class ({len(classes)}) in the train or test split")
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=p.test_size, stratify=y,
+                                              random_state=p.seed)
+    if p.classifier == "logistic":
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=p.C, max_iter=2000, random_state=p.seed)
+    else:
+        from sklearn.neighbors import KNeighborsClassifier
+
+        clf = KNeighborsClassifier(n_neighbors=min(15, len(y_tr)))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter on near-separable data
+        model = make_pipeline(StandardScaler(), clf).fit(X_tr, y_tr)
+    pred = model.predict(X_te)
+    acc = float(accuracy_score(y_te, pred))
+    prec, rec, f1, _ = precision_recall_fscore_support(y_te, pred, average="macro",
+                                                       zero_division=0)
+    cp, cr, cf, cs = precision_recall_fscore_support(y_te, pred, labels=classes, zero_division=0)
+    per_class = {str(c): ClassScores(precision=float(a), recall=float(b), f1=float(f),
+                                     support=int(s))
+                 for c, a, b, f, s in zip(classes, cp, cr, cf, cs)}
+    seconds = time.perf_counter() - t0
+    res = RegionResult(key=p.key_added, classifier=p.classifier, n_train=len(y_tr),
+                       n_test=len(y_te), n_classes=len(classes), n_unlabelled=int((~ok).sum()),
+                       accuracy=acc, precision=float(prec), recall=float(rec), f1=float(f1),
+                       per_class=per_class, seconds=seconds)
+    adata.uns[p.key_added] = {
+        "params": p.model_dump(exclude_none=True, exclude={"dataset"}),
+        **res.model_dump(exclude={"per_class", "key"}),
+        "per_class": {c: s.model_dump() for c, s in per_class.items()},
+    }
+    return res
