@@ -9,26 +9,18 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from local_server import LocalServer
 
 
-class FakeLLM:
+class FakeLLM(LocalServer):
     def __init__(self, script: list[dict]):
         self.script = list(script)
         self.requests: list[dict] = []
         self.lock = threading.Lock()
-        handler = type("H", (_Handler,), {"fake": self})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(type("H", (_Handler,), {"fake": self}))
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def next_turn(self) -> dict:
         with self.lock:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
-import threading
 import urllib.parse
 from pathlib import Path
+
+from local_server import LocalServer
 
 GENE_INFO_HEADER = ("#tax_id\tGeneID\tSymbol\tLocusTag\tSynonyms\tdbXrefs\tchromosome\tmap_location\t"
                     "description\ttype_of_gene\tSymbol_from_nomenclature_authority\t"
@@ -74,7 +75,7 @@ def esummary_json(recs: list[dict], tax: int = 9606) -> dict:
     return {"header": {"type": "esummary", "version": "0.3"}, "result": res}
 
 
-class FakeNCBI:
+class FakeNCBI(LocalServer):
     """A 127.0.0.1 server answering esearch/esummary (JSON) and serving a gene_info.gz file."""
 
     def __init__(self, recs: list[dict], tax: int = 9606, gene_info_gz: bytes | None = None):
@@ -112,14 +113,5 @@ class FakeNCBI:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
+        self.url = f"http://127.0.0.1:{self.port}/"
