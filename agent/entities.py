@@ -24,6 +24,7 @@ class Entities:
     before: list[str] = field(default_factory=list)  # the word before each number
     after: list[list[str]] = field(default_factory=list)  # the two words after each number
     columns: list[str] = field(default_factory=list)  # obs columns named (or implied) in the text
+    mapped: list[str] = field(default_factory=list)  # how common names were read (for the answer)
     words: list[str] = field(default_factory=list)
 
 
@@ -69,6 +70,7 @@ def extract(text: str, adata=None) -> Entities:
             if m and not any(nv in _norm(w) and nv != _norm(w) for _, w, _ in ent.categories):
                 ent.categories.append((col, v, m.start()))
                 matched_spans.update(nv.split())
+    _synonym_categories(lowtext, adata, ent)
     ent.categories = [(c, v) for c, v, _ in sorted(ent.categories, key=lambda t: t[2])]
     ent.columns = _columns(lowtext, adata)
     for t in tokens:
@@ -84,6 +86,44 @@ def extract(text: str, adata=None) -> Entities:
                 and not any(_norm(w) in _norm(v) for _, v in ent.categories):
             ent.unknown_types.append(w)
     return ent
+
+
+# Common names of cell types and regions -> the words and abbreviations annotations use for them
+# ("oligodendrocytes" -> "OD Mature 2", "white matter" -> "WM").
+SYNONYMS = {
+    "oligodendrocyte": ("od", "oligo", "oligodendrocyte", "oligodendrocytes", "ol"),
+    "oligodendrocyte precursor": ("opc", "opcs", "od immature", "immature od"),
+    "microglia": ("microglia", "micro", "mg", "microglial"),
+    "astrocyte": ("astrocyte", "astrocytes", "astro"),
+    "endothelial": ("endothelial", "endo"),
+    "excitatory neuron": ("excitatory", "exc", "glutamatergic"),
+    "inhibitory neuron": ("inhibitory", "inh", "gabaergic"),
+    "pericyte": ("pericyte", "pericytes", "peri"),
+    "white matter": ("wm", "white matter"),
+    "neuron": ("neuron", "neurons", "neuronal"),
+}
+
+
+def _synonym_categories(lowtext: str, adata, ent: Entities) -> None:
+    """Add (column, value, position) for common names the annotations spell otherwise; among
+    several matching values ("OD Mature 1", "OD Mature 2") the most abundant one is taken."""
+    taken = {(c, _norm(v)) for c, v, _ in ent.categories}
+    for name in sorted(SYNONYMS, key=len, reverse=True):
+        m = re.search(rf"(?<![\w]){re.escape(name)}s?(?![\w])", lowtext)
+        if not m or any(pos <= m.start() < pos + len(_norm(v)) for _, v, pos in ent.categories):
+            continue
+        for col, vals in categorical_columns(adata).items():
+            hits = [v for v in vals if (col, _norm(v)) not in taken and any(
+                re.search(rf"(?<![a-z]){re.escape(a)}(?![a-z])", _norm(v)) for a in SYNONYMS[name])]
+            if hits:
+                counts = adata.obs[col].astype(str).value_counts()
+                best = max(hits, key=lambda v: counts.get(v, 0))
+                ent.categories.append((col, best, m.start()))
+                taken.add((col, _norm(best)))
+                others = f" (also matching: {', '.join(h for h in hits if h != best)})" if len(hits) > 1 else ""
+                note = f"I read '{name}' as {col} '{best}'{others}"
+                if not any(n.startswith(f"I read '{name}'") for n in ent.mapped):
+                    ent.mapped.append(note)
 
 
 def _columns(lowtext: str, adata) -> list[str]:

@@ -234,6 +234,7 @@ def make_plan(text: str, specs: dict, session) -> Plan:
         plan.steps.append({"name": name, "args": args, "why": f"asked to '{intent}'"})
     if ent.unknown_genes and ent.genes:
         plan.notes.append(_unknown_genes(ent, adata))
+    plan.notes += ent.mapped
     return plan
 
 

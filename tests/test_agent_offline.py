@@ -150,3 +150,14 @@ def test_arguments_made_by_an_earlier_step_are_filled_late(test_tools, agent):
     assert res["numbers"]["count_groups.counts.upper"] == n_upper
     res = agent.ask("count spots per thing")  # nothing can supply the column
     assert res["tool_calls"] == [] and "count_groups needs groupby" in res["answer"]
+
+
+def test_common_cell_type_names_map_to_annotations(merfish):
+    """'oligodendrocytes' -> the most abundant OD class; the mapping is said in the answer."""
+    a = ad.read_h5ad(merfish, backed="r")
+    ent = extract("what happens to oligodendrocytes if I put microglia next to them?", a)
+    counts = a.obs["cell_class"].astype(str).value_counts()
+    od = counts[counts.index.str.startswith("OD")].idxmax()
+    assert ("cell_class", od) in ent.categories and ("cell_class", "Microglia") in ent.categories
+    assert [v for c, v in ent.categories if c == "cell_class"] == [od, "Microglia"]  # text order
+    assert any("oligodendrocyte" in n and od in n for n in ent.mapped)

@@ -99,7 +99,7 @@ class NeighbourhoodParams(_PerturbParams):
     target_type: str = Field(description="cell type whose profiles are predicted")
     perturb_type: str = Field(description="cell type that is added, removed or transplanted")
     action: Literal["add", "remove", "transplant"] = Field(
-        description="add: put n_cells of perturb_type among each target's neighbours; remove: drop "
+        "add", description="add: put n_cells of perturb_type among each target's neighbours; remove: drop "
                     "perturb_type cells within radius; transplant: replace the n_cells nearest neighbours")
     n_cells: int = Field(3, ge=1, le=100, description="cells added or replaced per target")
     radius: float = Field(50.0, gt=0, le=1000, description="µm around a target for 'remove'")
@@ -127,7 +127,8 @@ def _candidates(data, targets, n: int):
 
 @register("perturb_neighbourhood", NeighbourhoodParams, PerturbationResult,
           intents=("perturb neighbourhood", "remove cells", "add cells", "transplant",
-                   "what if there were no", "neighbourhood perturbation"))
+                   "what if there were no", "neighbourhood perturbation", "put next to",
+                   "place next to", "put near", "next to them", "surrounded by"))
 def perturb_neighbourhood(adata, p: NeighbourhoodParams) -> PerturbationResult:
     """Add, remove or transplant cells of a type near target cells; predict the targets' response
     with the context model. Writes adata.uns['de'][name] and adata.uns['perturbation'][name]."""
