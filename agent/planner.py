@@ -106,7 +106,9 @@ def fill_args(spec, text: str, ent: Entities, dataset: str | None,
         base = _base_type(ann)
         choices = _literal_choices(ann)
         is_list = base in (list, tuple, set)
-        if fl == "dataset" and dataset:
+        if fl == "key_added" or "to write" in desc:
+            pass  # where a tool writes is never taken from the request (it could overwrite annotations)
+        elif fl == "dataset" and dataset:
             args[fname] = dataset
         elif fname in pfields:
             paths = [m.group(0) for m in PATH_RE.finditer(text)]

@@ -173,7 +173,8 @@ class MarkerResult(BaseModel):
 
 @register("marker_genes", MarkerParams, MarkerResult,
           intents=("marker genes", "markers of", "genes characterise",
-                   "top genes per", "what genes define"))
+                   "top genes per", "what genes define", "what distinguishes",
+                   "what makes different", "specific genes"))
 def marker_genes(adata, p: MarkerParams) -> MarkerResult:
     """Marker genes per group (group vs rest, scanpy). Writes adata.uns['markers'][groupby]."""
     df, transform = rank_genes(adata, p.groupby, p.groups, "rest", p.method, p.layer,
