@@ -161,3 +161,22 @@ def test_common_cell_type_names_map_to_annotations(merfish):
     assert ("cell_class", od) in ent.categories and ("cell_class", "Microglia") in ent.categories
     assert [v for c, v in ent.categories if c == "cell_class"] == [od, "Microglia"]  # text order
     assert any("oligodendrocyte" in n and od in n for n in ent.mapped)
+
+
+@pytest.mark.slow
+def test_layers_and_white_matter_markers_keep_the_annotation(tmp_path, dlpfc_hvg300):
+    """The README's kind of request on real DLPFC: domains go to a new column (ground_truth is
+    never overwritten) and white matter's markers are myelin genes."""
+    s = Session.open(tmp_path / "s", extra_roots=[dlpfc_hvg300])
+    s.load_dataset(dlpfc_hvg300)
+    truth = s.get("data").obs["ground_truth"].astype(str).copy()
+    a = Agent(s, "offline")
+    res = a.ask("find the cortical layers in this Visium slice and tell me what distinguishes white matter")
+    a.close()
+    done = {c["name"]: c["args"] for c in res["tool_calls"] if c["ok"]}
+    assert done["find_domains"].get("key_added", "domain") == "domain"
+    obs = s.get("data").obs
+    assert (obs["ground_truth"].astype(str) == truth.loc[obs.index]).all()
+    wm = [m["gene"] for m in res["steps"][-1]["result"]["markers"]["WM"]]
+    assert {"MOBP", "MBP", "PLP1", "MOG", "MAG"} & set(wm)
+    assert "white matter" in res["answer"] and "WM" in res["answer"]
