@@ -1,11 +1,20 @@
 """The spatial-domain pipeline (ST-LLM style) as one call: preprocess -> spatial graph ->
 [adjacency refinement] -> [prompts -> text embeddings] -> features -> domains.
 
-Each stage is one of the typed tools; this module only chains them and times the stages.
+Each stage is one of the typed tools; this module only chains them, times the stages and caches
+the expression stage (preprocess + spatial graph: the slow part of a cold run) on disk, keyed by
+a hash of the whole input AnnData and the stage parameters, under ``$TISSUETALK_CACHE/pipeline``
+(default ``~/.cache/tissuetalk/pipeline``). Text embeddings have their own cache
+(:mod:`tools.embedding_cache`), so a warm run recomputes only clustering and figures.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
+import tempfile
 import time
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -13,6 +22,8 @@ from pydantic import BaseModel, Field
 
 from tools.domains import DomainParams, find_domains
 from tools.errors import ParameterError
+
+CACHE_VERSION = "expr-v1"  # bump when preprocess / build_graph change what they write
 
 
 class PipelineParams(BaseModel):
@@ -24,8 +35,12 @@ class PipelineParams(BaseModel):
     text_weight: float = Field(1.0, ge=0.0, le=1.0, description="with a prompt: weight of the "
                                "text embedding against expression PCA (1 = text only)")
     refine_graph: bool = Field(False, description="refine the adjacency with ST-LLM's Q(A) search")
+    graph_seed: int | None = Field(None, ge=0, description="seed of the adjacency refinement "
+                                   "(None = seed); fixing it lets seeds vary only the clustering")
     smooth_rounds: int = Field(2, ge=0, le=10, description="rounds of neighbour smoothing")
     refine: Literal["none", "hmrf", "majority"] = Field("hmrf", description="label refinement")
+    beta: float = Field(2.0, ge=0.0, le=10.0, description="Potts prior strength (refine='hmrf')")
+    covariance: Literal["tied", "full", "diag"] = Field("tied", description="GMM covariance")
     n_top_genes: int = Field(3000, ge=50, le=50000, description="highly variable genes")
     n_comps: int = Field(30, ge=2, le=200, description="principal components")
     label_key: str | None = Field(None, description="obs column to score against")
@@ -33,10 +48,14 @@ class PipelineParams(BaseModel):
     descriptions: dict[str, str] | None = Field(None, description="gene descriptions for 'rag'")
 
 
-def run_domain_pipeline(adata, p: PipelineParams, *, progress: bool = False) -> dict:
-    """Run every stage on `adata` (modified in place); returns scores and per-stage seconds."""
-    from tools.data import PreprocessParams, preprocess
-    from tools.graph import GraphParams, build_graph
+def run_domain_pipeline(adata, p: PipelineParams, *, progress: bool = False,
+                        cache: bool = True) -> dict:
+    """Run every stage on `adata` (modified in place); returns scores and per-stage seconds.
+
+    With ``cache`` the preprocessed, graph-bearing state is read from / written to the cache
+    directory; the result's ``cache`` entry says "hit", "miss" or "off"."""
+    from tools.data import PreprocessParams
+    from tools.graph import GraphParams
 
     stages: dict[str, float] = {}
 
@@ -48,15 +67,22 @@ def run_domain_pipeline(adata, p: PipelineParams, *, progress: bool = False) -> 
 
     if p.n_domains > adata.n_obs:
         raise ParameterError(f"--n-domains {p.n_domains} is more than the {adata.n_obs} spots")
-    timed("preprocess", preprocess, adata,
-          PreprocessParams(n_top_genes=min(p.n_top_genes, adata.n_vars), n_comps=p.n_comps))
+    pre = PreprocessParams(n_top_genes=min(p.n_top_genes, adata.n_vars), n_comps=p.n_comps)
     grid = "array_row" in adata.obs and "array_col" in adata.obs
-    timed("graph", build_graph, adata, GraphParams(method="grid" if grid else "knn", n_neighs=6))
+    gp = GraphParams(method="grid" if grid else "knn", n_neighs=6)
+    from tools.domains import single_thread_blas
+
+    with single_thread_blas():  # small dense algebra: faster on one thread on shared cores
+        status = expression_stage(adata, pre, gp, cache=cache, stages=stages)
+    if p.n_domains > adata.n_obs:  # QC filtering may have removed spots
+        raise ParameterError(f"--n-domains {p.n_domains} is more than the {adata.n_obs} spots "
+                             "left after quality filtering")
     adjacency = "spatial_connectivities"
     if p.refine_graph:
         from tools.adjacency import RefineParams, refine_adjacency
 
-        timed("refine_graph", refine_adjacency, adata, RefineParams(seed=p.seed))
+        seed = p.seed if p.graph_seed is None else p.graph_seed
+        timed("refine_graph", refine_adjacency, adata, RefineParams(seed=seed))
         adjacency = "stllm_adjacency"
     embedding = "X_pca"
     if p.prompt != "none":
@@ -69,11 +95,11 @@ def run_domain_pipeline(adata, p: PipelineParams, *, progress: bool = False) -> 
         embedding = timed("features", text_features, adata, p.text_weight, p.n_comps, p.seed)
     res = timed("domains", find_domains, adata, DomainParams(
         n_domains=p.n_domains, method=p.method, embedding=embedding,
-        smooth_rounds=p.smooth_rounds, adjacency=adjacency, refine=p.refine,
-        label_key=p.label_key, seed=p.seed))
+        smooth_rounds=p.smooth_rounds, adjacency=adjacency, refine=p.refine, beta=p.beta,
+        covariance=p.covariance, label_key=p.label_key, seed=p.seed))
     return {"ari": res.ari, "ami": res.ami, "nmi": res.nmi, "n_spots": int(adata.n_obs),
             "n_scored": res.n_scored, "sizes": res.sizes, "embedding": embedding,
-            "stages": stages}
+            "adjacency": adjacency, "cache": status, "stages": stages}
 
 
 def text_features(adata, text_weight: float, n_comps: int, seed: int = 0) -> str:
@@ -89,3 +115,126 @@ def text_features(adata, text_weight: float, n_comps: int, seed: int = 0) -> str
         blocks.append(np.sqrt(1 - text_weight) * E / np.sqrt(E.var(0).sum()))
     adata.obsm["X_stllm"] = np.hstack(blocks)
     return "X_stllm"
+
+
+# ---------------------------------------------------------------- expression-stage cache
+def cache_root() -> Path:
+    """``$TISSUETALK_CACHE`` or ``~/.cache/tissuetalk`` (the embedding cache's parent)."""
+    root = os.environ.get("TISSUETALK_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "tissuetalk"
+
+
+def _hash_matrix(h, X) -> None:
+    import scipy.sparse as sp
+
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        if not X.has_sorted_indices:
+            X = X.sorted_indices()
+        h.update(f"csr{X.shape}{X.dtype}".encode())
+        for a in (X.data, X.indices, X.indptr):
+            h.update(np.ascontiguousarray(a).tobytes())
+    else:
+        X = np.ascontiguousarray(np.asarray(X))
+        h.update(f"dense{X.shape}{X.dtype}".encode())
+        h.update(X.tobytes())
+
+
+def data_fingerprint(adata) -> str | None:
+    """sha256 of the whole input the expression stage sees: .X, layers, obs / var tables, spot
+    and gene names, obsm, varm, obsp and uns. None when some part cannot be hashed (no caching)."""
+    h = hashlib.sha256()
+    try:
+        _hash_matrix(h, adata.X)
+        for attr in ("layers", "obsm", "varm", "obsp"):
+            for k, v in sorted(getattr(adata, attr).items()):
+                h.update(f"{attr}:{k}".encode())
+                if isinstance(v, np.ndarray) or hasattr(v, "tocsr"):
+                    _hash_matrix(h, v)
+                else:
+                    h.update(pickle.dumps(v, protocol=4))
+        for frame in (adata.obs, adata.var):
+            h.update(pickle.dumps(frame, protocol=4))
+        h.update(pickle.dumps(dict(adata.uns), protocol=4))
+    except Exception:  # an object that cannot be pickled: run without the cache
+        return None
+    return h.hexdigest()
+
+
+def expression_stage(adata, pre, gp, *, cache: bool = True, stages: dict | None = None) -> str:
+    """preprocess + build_graph on `adata` in place, through the on-disk cache.
+    Returns "hit", "miss" or "off"."""
+    from tools.data import preprocess
+    from tools.graph import build_graph
+
+    stages = {} if stages is None else stages
+    path = None
+    fp = data_fingerprint(adata) if cache else None
+    if fp is not None:
+        key = hashlib.sha256("|".join((
+            CACHE_VERSION, fp, pre.model_dump_json(exclude={"dataset"}),
+            gp.model_dump_json(exclude={"dataset"}))).encode()).hexdigest()[:32]
+        path = cache_root() / "pipeline" / f"{key}.pkl"
+        if path.exists():
+            t = time.perf_counter()
+            if _restore(adata, path):
+                stages["restore"] = round(time.perf_counter() - t, 3)
+                return "hit"
+    t = time.perf_counter()
+    preprocess(adata, pre)
+    stages["preprocess"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    build_graph(adata, gp)
+    stages["graph"] = round(time.perf_counter() - t, 3)
+    if path is None:
+        return "off"
+    _store(adata, path)
+    return "miss"
+
+
+def _store(adata, path: Path) -> None:
+    state = {"version": CACHE_VERSION, "obs_names": adata.obs_names.to_numpy(),
+             "var_names": adata.var_names.to_numpy(), "X": adata.X,
+             "layers": dict(adata.layers), "obs": adata.obs, "var": adata.var,
+             "obsm": dict(adata.obsm), "varm": dict(adata.varm), "obsp": dict(adata.obsp),
+             "uns": dict(adata.uns)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full cache directory only costs speed
+        if "tmp" in locals() and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _restore(adata, path: Path) -> bool:
+    """Put the cached post-stage state into `adata` in place; False (cache ignored) if the file
+    is unreadable or does not fit this data."""
+    try:
+        with open(path, "rb") as f:
+            s = pickle.load(f)
+    except Exception:  # truncated / incompatible file: recompute and overwrite it
+        return False
+    if not isinstance(s, dict) or s.get("version") != CACHE_VERSION:
+        return False
+    oi = adata.obs_names.get_indexer(s["obs_names"])
+    vi = adata.var_names.get_indexer(s["var_names"])
+    if (oi < 0).any() or (vi < 0).any():
+        return False
+    if len(oi) != adata.n_obs or (oi != np.arange(len(oi))).any():
+        adata._inplace_subset_obs(oi)
+    if len(vi) != adata.n_vars or (vi != np.arange(len(vi))).any():
+        adata._inplace_subset_var(vi)
+    adata.X = s["X"]
+    for k, v in s["layers"].items():
+        adata.layers[k] = v
+    adata.obs = s["obs"]
+    adata.var = s["var"]
+    for attr in ("obsm", "varm", "obsp"):
+        store = getattr(adata, attr)
+        for k, v in s[attr].items():
+            store[k] = v
+    adata.uns.update(s["uns"])
+    return True

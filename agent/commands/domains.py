@@ -23,15 +23,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --prompt: weight of text vs expression features (1 = text only)")
     p.add_argument("--refine-graph", action="store_true",
                    help="refine the adjacency with ST-LLM's Q(A) search before smoothing")
-    p.add_argument("--smooth-rounds", type=int, default=2)
-    p.add_argument("--refine", default="hmrf", choices=["none", "hmrf", "majority"])
+    p.add_argument("--smooth-rounds", type=int, default=2,
+                   help="rounds of neighbour smoothing of the features (default 2)")
+    p.add_argument("--refine", default="hmrf", choices=["none", "hmrf", "majority"],
+                   help="spatial refinement of the labels (default hmrf: Potts-prior EM)")
+    p.add_argument("--beta", type=float, default=2.0, help="Potts prior strength for hmrf")
+    p.add_argument("--covariance", default="tied", choices=["tied", "full", "diag"],
+                   help="GMM covariance (default tied)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (created; input is never touched)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.add_argument("--no-umap", action="store_true",
+                   help="skip the UMAP figure (the spatial map is still drawn)")
+    p.add_argument("--umap-backend", default="numpy", choices=["numpy", "umap-learn"],
+                   help="numpy (default: vectorised UMAP, no JIT) or the umap-learn package")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute everything (default: reuse the preprocessing / graph, "
+                   "embedding and UMAP caches in $TISSUETALK_CACHE, default ~/.cache/tissuetalk)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+OUTPUT_FILES = ("domains.h5ad", "spatial_domains.png", "umap.png")
+
+
 def run(args) -> int:
+    import contextlib
+    import sys
+
+    if not args.json:
+        return _run(args)
+    # --json: stdout carries exactly one JSON object; library chatter goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = _run(args)
+    print(json.dumps(summary))
+    return 0
+
+
+def _run(args):
     from pydantic import ValidationError
 
     from tools.data import read_dataset, validate
@@ -46,7 +74,8 @@ def run(args) -> int:
             n_domains=args.n_domains, method=args.method, prompt=args.prompt,
             embedder=args.embedder, text_weight=args.text_weight,
             refine_graph=args.refine_graph, smooth_rounds=args.smooth_rounds,
-            refine=args.refine, label_key=args.label_key, seed=args.seed)
+            refine=args.refine, beta=args.beta, covariance=args.covariance,
+            label_key=args.label_key, seed=args.seed)
     except ValidationError as e:
         err = e.errors()[0]
         raise ParameterError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
@@ -57,9 +86,12 @@ def run(args) -> int:
         params.label_key = params.label_key or "ground_truth"
     else:
         src = Path(args.data)
-        if out.resolve() == src.resolve().parent and src.suffix == ".h5ad" and \
-                src.name == "domains.h5ad":
-            raise ParameterError("--out would overwrite the input file; choose another folder")
+        for name in OUTPUT_FILES:
+            if (out / name).resolve() == src.resolve():
+                raise ParameterError(f"--out would overwrite the input file {src}; "
+                                     "choose another folder")
+        if out.exists() and not out.is_dir():
+            raise ParameterError(f"--out {out} exists and is not a folder")
     t = time.perf_counter()
     adata = read_dataset(src, args.coords)
     validate(adata, expect_counts=True)
@@ -68,12 +100,23 @@ def run(args) -> int:
 
         raise UnknownKeyError(f"--label-key '{params.label_key}' is not an obs column of "
                               f"{src}{suggest(params.label_key, adata.obs.columns)}")
+    if params.label_key:
+        from tools.domains import labelled
+        from tools.errors import DataError
+
+        if not labelled(adata.obs[params.label_key]).any():
+            raise DataError(f"--label-key '{params.label_key}' has no labelled spots (all NaN)")
+    if params.n_domains > adata.n_obs:
+        raise ParameterError(f"--n-domains {params.n_domains} is more than the "
+                             f"{adata.n_obs} spots in {src.name}")
     load_s = round(time.perf_counter() - t, 3)
-    res = run_domain_pipeline(adata, params, progress=not args.json)
+    res = run_domain_pipeline(adata, params, progress=not args.json, cache=not args.no_cache)
     res["stages"] = {"load": load_s, **res["stages"]}
     figures = []
     if not args.no_plots:
-        figures = _plots(adata, out, params.label_key, res["embedding"], res["stages"])
+        figures = _plots(adata, out, params.label_key, res["embedding"], res["stages"],
+                         umap=None if args.no_umap else args.umap_backend,
+                         cache=not args.no_cache)
     t = time.perf_counter()
     h5 = write_h5ad(adata, out / "domains.h5ad")
     res["stages"]["write"] = round(time.perf_counter() - t, 3)
@@ -81,17 +124,16 @@ def run(args) -> int:
         "ari": res["ari"], "ami": res["ami"], "nmi": res["nmi"], "n_spots": res["n_spots"],
         "n_scored": res["n_scored"], "method": _method_name(params),
         "seconds": round(time.perf_counter() - t0, 3), "stages": res["stages"],
-        "sizes": res["sizes"], "output": str(h5), "figures": figures,
+        "sizes": res["sizes"], "cache": res["cache"], "output": str(h5), "figures": figures,
     }
     if args.json:
-        print(json.dumps(summary))
-    else:
-        _print(summary)
+        return summary
+    _print(summary)
     return 0
 
 
 def _method_name(p) -> str:
-    parts = [p.method]
+    parts = [p.method + (f"-{p.covariance}" if p.method == "gmm" else "")]
     if p.prompt != "none":
         parts.append(f"prompt={p.prompt}" + (f"+expr{1 - p.text_weight:.2f}"
                                              if p.text_weight < 1 else ""))
@@ -99,18 +141,23 @@ def _method_name(p) -> str:
         parts.append("refined-graph")
     parts.append(f"smooth{p.smooth_rounds}")
     if p.refine != "none":
-        parts.append(p.refine)
+        parts.append(p.refine + (f"-beta{p.beta:g}" if p.refine == "hmrf" else ""))
     return "/".join(parts)
 
 
-def _plots(adata, out: Path, label_key, embedding, stages) -> list[str]:
+def _plots(adata, out: Path, label_key, embedding, stages, umap: str | None,
+           cache: bool) -> list[str]:
     from tools.plots import SpatialPlotParams, UmapPlotParams, plot_spatial, plot_umap
 
     t = time.perf_counter()
     keys = ["domain"] + ([label_key] if label_key else [])
-    figs = [plot_spatial(adata, SpatialPlotParams(keys=keys), workdir=out).figure,
-            plot_umap(adata, UmapPlotParams(embedding=embedding), workdir=out).figure]
-    stages["plots"] = round(time.perf_counter() - t, 3)
+    figs = [plot_spatial(adata, SpatialPlotParams(keys=keys), workdir=out).figure]
+    stages["plot_spatial"] = round(time.perf_counter() - t, 3)
+    if umap:
+        t = time.perf_counter()
+        figs.append(plot_umap(adata, UmapPlotParams(embedding=embedding, backend=umap,
+                                                    cache=cache), workdir=out).figure)
+        stages["plot_umap"] = round(time.perf_counter() - t, 3)
     return figs
 
 
@@ -118,6 +165,7 @@ def _print(s: dict) -> None:
     if s["ari"] is not None:
         print(f"ARI {s['ari']:.3f}  AMI {s['ami']:.3f}  NMI {s['nmi']:.3f}  "
               f"({s['n_scored']} annotated spots)")
-    print(f"{s['n_spots']} spots -> domains {s['sizes']}  method {s['method']}")
+    print(f"{s['n_spots']} spots -> domains {s['sizes']}  method {s['method']}  "
+          f"(cache: {s['cache']})")
     print("stages (s): " + ", ".join(f"{k} {v}" for k, v in s["stages"].items()))
     print(f"wrote {s['output']}" + "".join(f"\n      {f}" for f in s["figures"]))
