@@ -31,9 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
         warnings.filterwarnings("ignore", category=SyntaxWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
-        import logging
-
-        logging.getLogger("spatialdata._logging").setLevel(logging.WARNING)
+        os.environ.setdefault("LOGLEVEL", "WARNING")  # spatialdata's (squidpy's) INFO lines
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -110,6 +110,12 @@ def build(agent):
             if pre is not None:  # else go on with the rest of the plan; the failure is narrated
                 tried.append(pre["name"])
                 pending = [pre, {"name": last["name"], "args": last["args"]}] + pending
+        if steps and steps[-1]["ok"]:
+            last, spec = steps[-1], specs.get(steps[-1]["name"])
+            follow = spec.then(last["args"], last["result"]) if spec and spec.then else None
+            done = {s["name"] for s in steps} | {s["name"] for s in pending}
+            if follow and follow["name"] in specs and follow["name"] not in done:
+                pending = [{**follow, "why": f"shows the result of {last['name']}"}] + pending
         problems = list(out.get("problems", state.get("problems") or []))
         while pending and pending[0].get("defer"):
             args, problem = planner.refill(pending[0], q, specs, session)

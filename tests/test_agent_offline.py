@@ -135,8 +135,8 @@ def test_domains_on_real_data_plans_the_missing_steps(tmp_path, dlpfc_hvg300):
     res = a.ask("find 7 spatial domains")
     a.close()
     names = [c["name"] for c in res["tool_calls"] if c["ok"]]
-    assert names[-1] == "find_domains" and {"preprocess", "build_graph"} <= set(names)
-    last = res["steps"][-1]["result"]
+    assert names[-2:] == ["find_domains", "plot_spatial"] and {"preprocess", "build_graph"} <= set(names)
+    last = [s for s in res["steps"] if s["ok"] and s["name"] == "find_domains"][0]["result"]
     assert len(last["sizes"]) == 7 and last["n_domains"] == 7
     assert sum(last["sizes"].values()) == ad.read_h5ad(s.dir / "datasets" / "data.h5ad").n_obs
     assert res["unsupported"] == []
@@ -175,6 +175,9 @@ def test_layers_and_white_matter_markers_keep_the_annotation(tmp_path, dlpfc_hvg
     a.close()
     done = {c["name"]: c["args"] for c in res["tool_calls"] if c["ok"]}
     assert done["find_domains"].get("key_added", "domain") == "domain"
+    assert done["plot_spatial"]["keys"][0] == "domain"  # the map follows the domains
+    html = open(res["report_html"]).read()
+    assert "data:image/png;base64," in html
     obs = s.get("data").obs
     assert (obs["ground_truth"].astype(str) == truth.loc[obs.index]).all()
     wm = [m["gene"] for m in res["steps"][-1]["result"]["markers"]["WM"]]

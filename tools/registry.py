@@ -23,6 +23,9 @@ class ToolSpec:
     needs_data: bool = True  # first argument is an AnnData resolved from params.dataset
     writes_files: bool = False  # accepts workdir= for figures / artefacts
     extra: dict = field(default_factory=dict)
+    # then(args, result) -> {"name", "args"} | None: the step the offline planner adds after a
+    # successful call (e.g. the spatial map after find_domains)
+    then: Callable | None = None
 
 
 REGISTRY: dict[str, ToolSpec] = {}
@@ -50,11 +53,11 @@ TOOL_MODULES = (
 
 
 def register(name: str, params: type[BaseModel], result: type[BaseModel], *, intents=(),
-             needs_data: bool = True, writes_files: bool = False):
+             needs_data: bool = True, writes_files: bool = False, then: Callable | None = None):
     def deco(func: Callable) -> Callable:
         summary = (func.__doc__ or name).strip().splitlines()[0]
         REGISTRY[name] = ToolSpec(name, func, params, result, summary, tuple(intents),
-                                  needs_data, writes_files)
+                                  needs_data, writes_files, then=then)
         return func
 
     return deco
