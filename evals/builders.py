@@ -235,8 +235,6 @@ def ranked_overlap(pred, truth, k: int) -> float:
 DLPFC, DLPFC_HVG = "dlpfc_151673", "fixture_dlpfc_151673_hvg300"
 MERFISH, OSMFISH, MOB = ("merfish_hypothalamus_moffitt2018", "osmfish_sscortex_codeluppi2018",
                          "st_mouse_olfactory_bulb_stahl2016")
-TECH = {DLPFC: "Visium", DLPFC_HVG: "Visium", MERFISH: "MERFISH", OSMFISH: "osmFISH",
-        MOB: "Spatial Transcriptomics"}
 HALLMARK_HUMAN = "{knowledge}/gene_sets/h.all.v2024.1.Hs.symbols.gmt"
 HALLMARK_MOUSE = "{knowledge}/gene_sets/mh.all.v2023.1.Mm.symbols.gmt"
 GO_BP_HUMAN = "{knowledge}/gene_sets/enrichr.GO_Biological_Process_2021.human.gmt.gz"
@@ -316,10 +314,14 @@ def data_questions(d: Data, label_key: str, noun: str, values: list[str] | None 
         out.append(q(f"data.{d.name}.organism", "data", "organism", d.name,
                      "Which species does this tissue come from, human or mouse?", ans,
                      {"kind": "choice", "options": ["human", "mouse"]}))
-    out.append(q(f"data.{d.name}.technology", "data", "technology", d.name,
-                 "Which spatial transcriptomics technology produced this dataset: Visium, MERFISH, "
-                 "osmFISH or Spatial Transcriptomics?", TECH[d.name],
-                 {"kind": "choice", "options": ["Visium", "MERFISH", "osmFISH", "Spatial Transcriptomics"]}))
+    tech = str(d.info.get("technology", ""))
+    options = ["Visium", "MERFISH", "osmFISH", "Spatial Transcriptomics"]
+    hit = [o for o in options if o.lower() in tech.lower()]
+    if len(hit) == 1:
+        out.append(q(f"data.{d.name}.technology", "data", "technology", d.name,
+                     "Which spatial transcriptomics technology produced this dataset: Visium, MERFISH, "
+                     "osmFISH or Spatial Transcriptomics?", hit[0], {"kind": "choice", "options": options},
+                     notes=f"uns['dataset_info']['technology'] = {tech!r}"))
     return out
 
 
@@ -444,13 +446,15 @@ def region_composition_questions(d: Data, region_key: str, label_key: str, margi
           "Which cell types make up most of {r}? Name the top three."]
     for i, r in enumerate(comp.index):
         row = comp.loc[r].sort_values(ascending=False, kind="stable")
+        if len(row) < 3:
+            continue
         if row.iloc[0] >= margin * row.iloc[1]:
             out.append(q(f"composition.{d.name}.top1.{slug(r)}", "composition", "most_abundant", d.name,
                          pick(t1, i).format(r=r), row.index[0],
                          {"kind": "exact_label", "options": labels,
                           "evidence": {"from": "region_ranking", "region": r, "options": labels}},
                          notes=f"{row.index[0]} {row.iloc[0]} vs {row.index[1]} {row.iloc[1]}"))
-        if row.iloc[2] > row.iloc[3]:
+        if row.iloc[2] > 0 and (len(row) == 3 or row.iloc[2] > row.iloc[3]):
             out.append(q(f"composition.{d.name}.top3.{slug(r)}", "composition", "most_abundant_3", d.name,
                          pick(t3, i).format(r=r), list(row.index[:3]),
                          {"kind": "precision_at_k", "k": 3, "min": 0.66, "options": labels,

@@ -331,7 +331,7 @@ def _ev_perturb_direction(resp, gene, tool="perturb_neighbourhood", **_):
 
 def _ev_generated_genes(resp, **_):
     for res in reversed(ok_results(resp, "generate_cell")):
-        return list(res.get("genes") or [])
+        return res.get("genes")
     return None
 
 
@@ -356,7 +356,7 @@ def _ev_ora_terms(resp, **_):
 
 def _ev_search_genes(resp, **_):
     for res in reversed(ok_results(resp, "gene_search")):
-        return list(res.get("genes") or [])
+        return res.get("genes")
     return None
 
 
