@@ -287,3 +287,23 @@ def test_corrupt_cache_file_is_recomputed(hvg300, tmp_path, monkeypatch):
     assert run_domain_pipeline(hvg300.copy(), p)["cache"] == "miss"
     assert run_domain_pipeline(hvg300.copy(), p)["cache"] == "hit"
     assert run_domain_pipeline(hvg300.copy(), p, cache=False)["cache"] == "off"
+
+
+def test_read_descriptions_table_and_jsonl(tmp_path):
+    import gzip
+    import json
+
+    from tools.pipeline import read_descriptions
+
+    t = tmp_path / "d.tsv"
+    t.write_text("MBP\tmyelin basic protein\nGFAP\tglial fibrillary acidic protein\n")
+    assert read_descriptions(t, ["MBP", "X"]) == {"MBP": "myelin basic protein"}
+    j = tmp_path / "d.jsonl.gz"
+    recs = [{"symbol": "MBP", "entrez_id": 4155, "official_full_name": "myelin basic protein",
+             "refseq_summary": "A major constituent of myelin."},
+            {"symbol": "RELN", "entrez_id": 5649, "official_full_name": "reelin"}]
+    with gzip.open(j, "wt") as f:
+        f.write("\n".join(json.dumps(r) for r in recs) + "\n")
+    assert read_descriptions(j) == {"MBP": "A major constituent of myelin.", "RELN": "reelin"}
+    with pytest.raises(DataError, match="no descriptions for the genes"):
+        read_descriptions(t, ["NOPE"])

@@ -76,6 +76,12 @@ BAD_DATA = {
     "unknown label key": (None, ["--label-key", "ground_truht"],
                           "--label-key 'ground_truht' is not an obs column"),
     "all-NaN label key": ("all_nan", ["--label-key", "empty"], "'empty' has no labelled spots"),
+    "rag without descriptions": (None, ["--prompt", "rag"], "--prompt rag needs --descriptions"),
+    "missing descriptions file": (None, ["--prompt", "rag", "--descriptions", "/nonexistent.tsv"],
+                                  "descriptions file not found: /nonexistent.tsv"),
+    "descriptions without rag": (None, ["--descriptions", "x.tsv"],
+                                 "--descriptions is only used with --prompt rag"),
+    "text weight > 1": (None, ["--text-weight", "1.5"], "--text-weight"),
 }
 
 

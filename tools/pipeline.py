@@ -117,6 +117,47 @@ def text_features(adata, text_weight: float, n_comps: int, seed: int = 0) -> str
     return "X_stllm"
 
 
+def read_descriptions(path, genes=None) -> dict[str, str]:
+    """gene symbol -> description for the 'rag' prompt, from NCBI gene-description JSON lines
+    (``*.jsonl[.gz]``, as in knowledge/gene_descriptions: the RefSeq summary, else the official
+    full name) or a two-column table (``.tsv`` / ``.csv``: gene, description). Only `genes`
+    are kept when given."""
+    import csv
+    import gzip
+
+    from tools.errors import DataError
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"descriptions file not found: {path}")
+    wanted = None if genes is None else {str(g) for g in genes}
+    out: dict[str, str] = {}
+    name = path.name.lower()
+    if ".jsonl" in name or ".json" in name:
+        from tools.ncbi import read_descriptions_jsonl
+
+        for rec in read_descriptions_jsonl(path):
+            s = rec["symbol"]
+            if (wanted is None or s in wanted) and s not in out:
+                text = rec.get("summary") or rec.get("official_full_name")
+                if text:
+                    out[s] = str(text)
+    else:
+        opener = gzip.open if name.endswith(".gz") else open
+        try:
+            with opener(path, "rt", newline="") as f:
+                delim = "," if ".csv" in name else "\t"
+                for row in csv.reader(f, delimiter=delim):
+                    if len(row) >= 2 and row[0] and (wanted is None or row[0] in wanted):
+                        out.setdefault(row[0], row[1])
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise DataError(f"cannot read {path.name} as a gene,description table: {e}") from None
+    if not out:
+        raise DataError(f"{path.name} has no descriptions"
+                        + (" for the genes of this dataset" if wanted is not None else ""))
+    return out
+
+
 # ---------------------------------------------------------------- expression-stage cache
 def cache_root() -> Path:
     """``$TISSUETALK_CACHE`` or ``~/.cache/tissuetalk`` (the embedding cache's parent)."""

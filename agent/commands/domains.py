@@ -15,8 +15,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-domains", type=int, default=7, help="number of domains (default 7)")
     p.add_argument("--label-key", help="obs column with annotations to score against")
     p.add_argument("--method", default="gmm", choices=["gmm", "kmeans", "leiden"])
-    p.add_argument("--prompt", default="none", choices=["none", "stllm", "qr", "se"],
-                   help="embed ST-LLM prompts of this variant (default none: expression only)")
+    p.add_argument("--prompt", default="none", choices=["none", "stllm", "qr", "se", "rag"],
+                   help="embed ST-LLM prompts of this variant (default none: expression only); "
+                   "rag needs --descriptions")
+    p.add_argument("--descriptions", help="gene descriptions for --prompt rag: NCBI gene-"
+                   "description JSON lines (.jsonl[.gz]) or a gene,description .tsv/.csv")
     p.add_argument("--embedder", default="minilm",
                    help="embedder spec: minilm | hf:<dir> | openai:<model>[@<url>]")
     p.add_argument("--text-weight", type=float, default=1.0,
@@ -109,6 +112,14 @@ def _run(args):
     if params.n_domains > adata.n_obs:
         raise ParameterError(f"--n-domains {params.n_domains} is more than the "
                              f"{adata.n_obs} spots in {src.name}")
+    if params.prompt == "rag":
+        if not args.descriptions:
+            raise ParameterError("--prompt rag needs --descriptions (gene descriptions file)")
+        from tools.pipeline import read_descriptions
+
+        params.descriptions = read_descriptions(args.descriptions, adata.var_names)
+    elif args.descriptions:
+        raise ParameterError("--descriptions is only used with --prompt rag")
     load_s = round(time.perf_counter() - t, 3)
     res = run_domain_pipeline(adata, params, progress=not args.json, cache=not args.no_cache)
     res["stages"] = {"load": load_s, **res["stages"]}
