@@ -11,7 +11,8 @@ STOP = set("""a an the of in on at to for and or with by from is are be this tha
 what which where how many much show me my please find give tell about do does all each per
 top into than its it as can could would i we you cell cells gene genes type types data
 dataset tissue spot spots domain domains region regions cluster clusters neighbouring
-neighboring nearby surrounding other more fewer single individual most least some any no""".split())
+neighboring nearby surrounding other more fewer single individual most least some any no
+one two three four five six seven eight nine ten""".split())
 
 
 @dataclass
@@ -26,6 +27,10 @@ class Entities:
     columns: list[str] = field(default_factory=list)  # obs columns named (or implied) in the text
     mapped: list[str] = field(default_factory=list)  # how common names were read (for the answer)
     words: list[str] = field(default_factory=list)
+    cells: list[str] = field(default_factory=list)  # obs names named in the text ("cell_6800")
+    spans: list[tuple[int, int]] = field(default_factory=list)  # category spans in the text
+    positions: list[int] = field(default_factory=list)  # start of each category in the text
+    annotations: dict[str, list[str]] = field(default_factory=dict)  # categorical obs columns
 
 
 def _norm(s: str) -> str:
@@ -51,34 +56,59 @@ def extract(text: str, adata=None) -> Entities:
     ent = Entities()
     tokens = re.findall(r"[A-Za-z][A-Za-z0-9_.\-]*[A-Za-z0-9]|[A-Za-z]", text)
     ent.words = [t.lower() for t in tokens]
+    num_pos = []
     for m in NUM_RE.finditer(text):
         prev = re.findall(r"([A-Za-z_]+)\W*$", text[: m.start()])
         ent.numbers.append((float(m.group(1)), (m.group(2) or "").lower()))
         ent.before.append(prev[0].lower() if prev else "")
         ent.after.append([w.lower() for w in re.findall(r"[A-Za-zµ_-]+", text[m.end(1):])[:2]])
+        num_pos.append(m.start(1))
     if adata is None:
         return ent
     genes = {str(g).upper(): str(g) for g in adata.var_names}
     lowtext = " " + _norm(text) + " "
     matched_spans: set[str] = set()
-    for col, vals in categorical_columns(adata).items():
-        for v in sorted(vals, key=len, reverse=True):
-            nv = _norm(v)
-            if len(nv) < 2 or nv.isdigit():
-                continue
-            m = re.search(rf"(?<![\w]){re.escape(nv)}s?(?![\w])", lowtext)
-            if m and not any(nv in _norm(w) and nv != _norm(w) for _, w, _ in ent.categories):
-                ent.categories.append((col, v, m.start()))
-                matched_spans.update(nv.split())
-    _synonym_categories(lowtext, adata, ent)
-    ent.categories = [(c, v) for c, v, _ in sorted(ent.categories, key=lambda t: t[2])]
+    found = []  # (start, end, column, value) in the original text
+    ent.annotations = categorical_columns(adata)
+    for col, vals in ent.annotations.items():
+        for v in vals:
+            for name in label_names(v):
+                ms = _find_label(name, text)
+                if ms:
+                    found += [(a, b, col, v) for a, b in ms]
+                    break
+    # longest match first; a label inside a longer matched label ("Layer 2-3" in "Layer 2-3
+    # medial", "Endothelial" in "Endothelial 1") is not a mention of its own
+    found.sort(key=lambda t: (-(t[1] - t[0]), t[0]))
+    taken: list[tuple[int, int]] = []
+    for a, b, col, v in found:
+        if any(a >= x and b <= y and (b - a) < (y - x) for x, y in taken):
+            continue
+        if not any(c == col and w == v for c, w, _ in ent.categories):
+            ent.categories.append((col, v, a))
+        taken.append((a, b))
+        matched_spans.update(_norm(text[a:b]).split())
+    ent.spans = sorted(set(taken))
+    _synonym_categories(re.sub(r"[_-]", " ", text.lower()), adata, ent)
+    ordered = sorted(ent.categories, key=lambda t: t[2])
+    ent.categories = [(c, v) for c, v, _ in ordered]
+    ent.positions = [p for _, _, p in ordered]
     ent.columns = _columns(lowtext, adata)
+    # numbers inside a label ("Layer 6", "OD Mature 2", "1: Granular Cell Layer") are not arguments
+    keep = [i for i, p in enumerate(num_pos) if not any(a <= p < b for a, b in ent.spans)]
+    ent.numbers = [ent.numbers[i] for i in keep]
+    ent.before = [ent.before[i] for i in keep]
+    ent.after = [ent.after[i] for i in keep]
+    names = set(map(str, adata.obs_names)) if adata.n_obs <= 2_000_000 else set()
+    for t in re.findall(r"[\w.:-]*\w", text):
+        if t in names and t not in ent.cells and not t.isdigit() and t.upper() not in genes:
+            ent.cells.append(t)
     for t in tokens:
         up = t.upper()
         if up in genes and t.lower() not in STOP and len(t) > 1:
             if genes[up] not in ent.genes:
                 ent.genes.append(genes[up])
-        elif _looks_like_gene(t) and t.lower() not in matched_spans:
+        elif _looks_like_gene(t) and t.lower() not in matched_spans and t not in ent.cells:
             ent.unknown_genes.append(t)
     for m in re.finditer(r"\b([A-Za-z][\w+-]*)\s+cells?\b|\bcell type\s+([A-Za-z][\w+-]*)", text):
         w = m.group(1) or m.group(2)
@@ -86,6 +116,27 @@ def extract(text: str, adata=None) -> Entities:
                 and not any(_norm(w) in _norm(v) for _, v in ent.categories):
             ent.unknown_types.append(w)
     return ent
+
+
+def label_names(v) -> list[str]:
+    """Ways a label can be written: itself and, for a numbered label ('1: Granular Cell Layer'),
+    its name alone."""
+    v = str(v)
+    out = [v]
+    short = re.sub(r"^\s*\d+\s*[:.)]\s*", "", v)
+    if short != v and len(short) >= 3:
+        out.append(short)
+    return out
+
+
+def _find_label(name: str, text: str) -> list[tuple[int, int]]:
+    """(start, end) of each mention of `name` in `text`: case-insensitive, spaces / '_' / '-'
+    interchangeable, an optional plural 's'. Single digits and very short names are ignored."""
+    words = [w for w in re.split(r"[\s_\-]+", name.strip()) if w]
+    if not words or (len(_norm(name)) < 2) or _norm(name).isdigit():
+        return []
+    pat = r"(?<![\w])" + r"[\s_\-]*".join(re.escape(w) for w in words) + r"s?(?![\w])"
+    return [(m.start(), m.end()) for m in re.finditer(pat, text, re.I)]
 
 
 # Common names of cell types and regions -> the words and abbreviations annotations use for them
@@ -110,7 +161,7 @@ def _synonym_categories(lowtext: str, adata, ent: Entities) -> None:
     taken = {(c, _norm(v)) for c, v, _ in ent.categories}
     for name in sorted(SYNONYMS, key=len, reverse=True):
         m = re.search(rf"(?<![\w]){re.escape(name)}s?(?![\w])", lowtext)
-        if not m or any(pos <= m.start() < pos + len(_norm(v)) for _, v, pos in ent.categories):
+        if not m or any(a <= m.start() < b for a, b in ent.spans):
             continue
         for col, vals in categorical_columns(adata).items():
             hits = [v for v in vals if (col, _norm(v)) not in taken and any(
@@ -119,6 +170,7 @@ def _synonym_categories(lowtext: str, adata, ent: Entities) -> None:
                 counts = adata.obs[col].astype(str).value_counts()
                 best = max(hits, key=lambda v: counts.get(v, 0))
                 ent.categories.append((col, best, m.start()))
+                ent.spans.append((m.start(), m.end()))
                 taken.add((col, _norm(best)))
                 others = f" (also matching: {', '.join(h for h in hits if h != best)})" if len(hits) > 1 else ""
                 note = f"I read '{name}' as {col} '{best}'{others}"
@@ -142,7 +194,10 @@ def _columns(lowtext: str, adata) -> list[str]:
 
 
 ACRONYMS = {"HTML", "JSON", "PDF", "UMAP", "PCA", "GSEA", "ORA", "DNA", "RNA", "GMM", "KNN", "ARI",
-            "NMI", "LLM", "CSV", "TSV", "GO", "QC", "HVG", "HVGS", "DE", "WM", "ST"}
+            "NMI", "LLM", "CSV", "TSV", "GO", "QC", "HVG", "HVGS", "DE", "WM", "ST",
+            # spatial technologies
+            "MERFISH", "OSMFISH", "SEQFISH", "STARMAP", "VISIUM", "XENIUM", "COSMX", "SLIDESEQ",
+            "STEREOSEQ", "FISH", "SMFISH", "HDST", "DBIT"}
 
 
 def _looks_like_gene(t: str) -> bool:

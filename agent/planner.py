@@ -20,6 +20,20 @@ VALUE_HINTS = ("group", "groups", "cell_type", "cell_types", "celltype", "target
 PHRASE_STOP = {"a", "an", "the"}
 FREE_TEXT = ("query", "text", "question", "prompt", "topic")
 UNITS = ("µm", "um", "micron", "microns", "micrometer", "micrometers")
+CELL_FIELDS = ("cell", "cells", "cell_id", "obs_name")
+# fields holding the cell type a question is centred on ("around X", "near X", "in X cells")
+ANCHOR_FIELDS = ("cell_type", "target_type", "target", "center", "centre")
+# words before a label that make it the anchor: strong ones win over "in" / "of" / "to"
+ANCHOR_STRONG = re.compile(r"(?:\bnear|\bnext to|\baround|\bclose to|\bcloser to|\bnearer to|"
+                           r"\bnearest to|\bbeside|\bsurrounding|\badjacent to|\bborders?|"
+                           r"\bbordering|\bneighbou?rs? of|\bneighbou?rhood of|\bwithin [\d.]+\s*"
+                           r"(?:µm|um|microns?)? of)\s+(?:the\s+|other\s+)?$", re.I)
+ANCHOR_WEAK = re.compile(r"\b(?:in|of|to|for)\s+(?:the\s+|other\s+|all\s+)?$", re.I)
+# words for the kind of groups an annotation holds: "which layer ...", "one cell class"
+GROUP_WORDS = re.compile(r"\b(?:layers?|regions?|domains?|cell types?|cell class(?:es)?|class(?:es)?|"
+                         r"clusters?|annotations?|annotated|groups?|zones?|areas?)\b")
+# obs columns that usually hold cell types, for a "count cell types" field next to a region
+TYPE_COLUMN_WORDS = ("cell_type", "celltype", "cell_class", "cell type", "class", "type", "label")
 
 
 @dataclass
@@ -71,6 +85,53 @@ def match_tools(text: str, specs: dict) -> list[tuple[str, str]]:
     return out
 
 
+# a tool dropped when the other one is also asked for: the composition "in X" of a region is not
+# the one "around X cells"
+YIELDS_TO = {"region_composition": ("neighbourhood_composition",)}
+
+
+def _words(phrase: str) -> list[str]:
+    return [_stem(w) for w in re.findall(r"[\w-]+", phrase.lower()) if w not in PHRASE_STOP]
+
+
+def select_tools(matched: list[tuple[str, str]], specs: dict, text: str, ent: Entities) -> list:
+    """Drop matches another match makes redundant:
+    - a tool whose phrase is part of another's longer phrase ('cell sentence' in 'complete its
+      cell sentence');
+    - a search of gene descriptions ('which genes ...') when the request is about the data's own
+      groups or cells ('which genes mark Layer1') and a data tool matched;
+    - tools that make new labels when the request asks what is annotated ('how many layers are
+      annotated');
+    - the tools in YIELDS_TO when the tool they yield to matched."""
+    if len(matched) < 2:
+        return matched
+    names = {n for n, _ in matched}
+    low = " ".join(re.findall(r"[\w-]+", text.lower()))
+    words = [_stem(w) for w in low.split() if w not in PHRASE_STOP]
+    phrases = {n: [p for p in specs[n].intents if _phrase_match(p, words, low)] for n in names}
+    out = []
+    for name, phrase in matched:
+        pw = " ".join(_words(phrase))
+        if any(o != name and len(op.split()) > len(phrase.split()) and f" {pw} " in f" {' '.join(_words(op))} "
+               for o in names for op in phrases[o]):
+            continue
+        spec = specs[name]
+        if not spec.needs_data and (ent.categories or ent.cells) and any(
+                specs[o].needs_data for o in names if o != name) and any(
+                f in FREE_TEXT for f in spec.params.model_fields):
+            continue
+        counting = re.search(r"\bhow many\b|\bnumber of\b", text.lower())
+        if counting and re.search(r"\bannotat", text.lower()) and "describe_dataset" in names \
+                and name != "describe_dataset" and any(slot == "obs" for slot, _ in writes(spec)):
+            continue
+        if name == "describe_dataset" and not counting and "annotat" in phrase:
+            continue  # "compare with the annotated layers": the annotation is an input
+        if any(o in names for o in YIELDS_TO.get(name, ())):
+            continue
+        out.append((name, phrase))
+    return out
+
+
 def _literal_choices(ann) -> tuple:
     if typing.get_origin(ann) is typing.Literal:
         return typing.get_args(ann)
@@ -89,16 +150,27 @@ def _base_type(ann):
 
 
 def fill_args(spec, text: str, ent: Entities, dataset: str | None,
-              intent: str = "") -> tuple[dict, list[str]]:
-    """Arguments for `spec` from the request; returns (args, missing required field names)."""
+              intent: str = "", fallback: bool = False) -> tuple[dict, list[str]]:
+    """Arguments for `spec` from the request; returns (args, missing required field names).
+    With `fallback`, a required obs column the request does not name is the dataset's main
+    annotation (main_annotation)."""
     args: dict = {}
     missing = []
     low = text.lower()
     cat_cols = list(dict.fromkeys(c for c, _ in ent.categories))
     cols = cat_cols + [c for c in ent.columns if c not in cat_cols]
     values = [v for c, v in ent.categories if c == cat_cols[0]] if cat_cols else []
+    fields_all = spec.params.model_fields
+    if values and any(f.lower() in ANCHOR_FIELDS for f in fields_all):
+        a = anchor(text, ent, values)
+        if a is not None:
+            values.insert(0, values.pop(a))
     numbers = assign_numbers(spec.params, ent)
     pfields = path_fields(spec.params)
+    col_fields = [f for f, fi in fields_all.items() if _is_column_field(f, fi)]
+    # a column field paired with a value field ('region_key' with 'region') takes the value's
+    # column; the other column fields get another column (region vs the cell types counted)
+    paired = {f: f[: -len("_key")] for f in col_fields if f.endswith("_key") and f[: -len("_key")] in fields_all}
     for fname, finfo in spec.params.model_fields.items():
         desc = (finfo.description or "").lower()
         fl = fname.lower()
@@ -116,19 +188,30 @@ def fill_args(spec, text: str, ent: Entities, dataset: str | None,
             if fit:
                 args[fname] = fit[0]
         elif choices:
-            hit = [c for c in choices if isinstance(c, str) and re.search(rf"\b{re.escape(c.lower())}\b", low)]
+            hit = [c for c in choices if isinstance(c, str) and re.search(
+                rf"\b{re.escape(c.lower())}(?:s|d|ed|ing|al)?\b", low)]
             if hit:
                 args[fname] = hit[0]
+        elif fl in CELL_FIELDS and base is str and ent.cells:
+            args[fname] = ent.cells[0]
         elif fname in numbers:
             args[fname] = numbers[fname]
-        elif fl in ("gene", "genes") or (fl.endswith(("_gene", "_genes")) and not any(
-                x in fl for x in ("drop", "prefix", "exclude", "n_"))):
+        elif _is_gene_field(fname):
             if ent.genes:
                 args[fname] = list(ent.genes) if is_list else ent.genes[0]
         elif fl in COLUMN_HINTS or fl.endswith("_key") or "obs column" in desc:
             other = any(w in fl for w in ("section", "split", "batch", "sample", "mask", "condition", "spatial"))
-            if cols and not other and (cat_cols or finfo.is_required() or fl in ("label_key", "groupby")):
+            if paired and fname not in paired and cat_cols:
+                same = [c for c, v in ent.annotations.items()
+                        if sorted(v) == sorted(ent.annotations.get(cat_cols[0], []))]
+                rest = [c for c in ent.columns if c not in same] or _type_columns(ent.annotations, cat_cols[0])
+                if rest:
+                    args[fname] = rest[0]
+            elif cols and not other and (cat_cols or finfo.is_required() or fl in ("label_key", "groupby")):
                 args[fname] = cols[0]
+            elif fallback and finfo.is_required() and not other and ent.annotations \
+                    and GROUP_WORDS.search(low):
+                args[fname] = main_annotation(ent.annotations, text)
         elif values and (fl in VALUE_HINTS or fl.rstrip("s") in VALUE_HINTS):
             args[fname] = list(values) if is_list else values.pop(0)  # "A vs B": group A, reference B
         elif fl in FREE_TEXT and finfo.is_required():
@@ -139,6 +222,53 @@ def fill_args(spec, text: str, ent: Entities, dataset: str | None,
         if fname not in args and finfo.is_required():
             missing.append(fname)
     return args, missing
+
+
+def _is_gene_field(fname: str) -> bool:
+    fl = fname.lower()
+    return fl in ("gene", "genes") or (fl.endswith(("_gene", "_genes")) and not any(
+        x in fl for x in ("drop", "prefix", "exclude", "n_")))
+
+
+def _is_column_field(fname: str, finfo) -> bool:
+    fl, desc = fname.lower(), (finfo.description or "").lower()
+    return fl != "key_added" and "to write" not in desc and (
+        fl in COLUMN_HINTS or fl.endswith("_key") or "obs column" in desc)
+
+
+def anchor(text: str, ent: Entities, values: list[str]) -> int | None:
+    """Index in `values` of the label the request is centred on: the one after 'near', 'next to',
+    'around', 'closer to', 'within 30 µm of' ... (else after 'in' / 'of' / 'to'); None if no
+    label is marked so. 'Remove Microglia near Astrocytes' -> Astrocytes."""
+    best = None
+    for (col, v), pos in zip(ent.categories, ent.positions):
+        if v not in values:
+            continue
+        before = text[max(0, pos - 40): pos]
+        score = 2 if ANCHOR_STRONG.search(before) else 1 if ANCHOR_WEAK.search(before) else 0
+        if score and (best is None or score > best[0]):
+            best = (score, values.index(v))
+    return best[1] if best else None
+
+
+def _type_columns(annotations: dict, exclude: str) -> list[str]:
+    """Columns that look like cell-type annotations (by name), other than `exclude`."""
+    cols = [c for c in annotations if c != exclude]
+    return sorted(cols, key=lambda c: next((i for i, w in enumerate(TYPE_COLUMN_WORDS)
+                                            if w in c.lower().replace("_", " ") or w in c.lower()), 99))[:1]
+
+
+def main_annotation(annotations: dict, text: str = "") -> str:
+    """The dataset's main annotation when the request names none: 'ground_truth' / a label or
+    cell-type column, else the categorical column with the most categories (up to 50)."""
+    def score(c):
+        lc = c.lower()
+        named = 0 if any(w in lc for w in ("ground_truth", "truth", "annotation")) else \
+            1 if any(w in lc for w in ("cell_type", "celltype", "cell_class", "label", "layer",
+                                       "region", "domain", "cluster")) else 2
+        n = len(annotations[c])
+        return (named, 0 if 2 <= n <= 50 else 1, -n)
+    return min(annotations, key=score)
 
 
 def assign_numbers(params, ent: Entities) -> dict:
@@ -201,6 +331,7 @@ def make_plan(text: str, specs: dict, session) -> Plan:
     matched = match_tools(text, specs)
     if not PATH_RE.search(text):  # loaders only when the request names a file
         matched = [m for m in matched if "path" not in specs[m[0]].params.model_fields]
+    matched = select_tools(matched, specs, text, ent)
     if not matched:
         plan.problems.append("not_understood")
         if ent.unknown_genes:
@@ -214,7 +345,7 @@ def make_plan(text: str, specs: dict, session) -> Plan:
             return plan
         args, missing = fill_args(spec, text, ent, dataset, intent)
         fields = spec.params.model_fields
-        wants_gene = any("gene" in f.lower() for f in fields)
+        wants_gene = any(_is_gene_field(f) for f in fields)
         if wants_gene and ent.unknown_genes and not ent.genes:
             plan.problems.append(_unknown_genes(ent, adata))
             continue
@@ -224,6 +355,8 @@ def make_plan(text: str, specs: dict, session) -> Plan:
             continue
         if missing and set(missing) <= set(path_fields(spec.params)) and len(matched) > 1:
             continue  # e.g. "load" said about a gene-set file another tool reads
+        if missing and not plan.steps:
+            args, missing = fill_args(spec, text, ent, dataset, intent, fallback=True)
         if missing and plan.steps and spec.needs_data:
             # an earlier step may make what is missing (e.g. obs['domain'] for "each domain"):
             # fill the arguments again when it is this step's turn
@@ -245,7 +378,7 @@ def refill(step: dict, text: str, specs: dict, session) -> tuple[dict | None, st
     spec = specs[step["name"]]
     dataset = step["args"].get("dataset") or (session.dataset_ids or [None])[0]
     adata = session.get(dataset) if dataset else None
-    args, missing = fill_args(spec, text, extract(text, adata), dataset)
+    args, missing = fill_args(spec, text, extract(text, adata), dataset, fallback=True)
     if missing:
         return None, (f"{step['name']} needs {', '.join(missing)}, which I could not find in the request"
                       + _hint(missing, adata))

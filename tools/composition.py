@@ -53,7 +53,8 @@ class RegionParams(BaseModel):
 
 @register("region_composition", RegionParams, CompositionResult,
           intents=("composition", "cell type composition", "what cells are in",
-                   "proportion of cell types", "which cell types are in"))
+                   "proportion of cell types", "which cell types are in", "most abundant",
+                   "most common cell type in", "make up most of", "dominates"))
 def region_composition(adata, p: RegionParams) -> CompositionResult:
     """Counts and fractions of a label in one region vs the whole tissue (hypergeometric p).
 
@@ -137,7 +138,9 @@ def spatial_graph(adata, label_key: str, radius=None, k=None, section_key=None):
 @register("neighbourhood_composition", NeighbourhoodParams, NeighbourhoodResult,
           intents=("which cell types are near", "neighbourhood", "neighborhood", "surrounding",
                    "neighbours of", "neighbors of", "colocalisation",
-                   "neighbourhood enrichment"))
+                   "neighbourhood enrichment", "most common neighbour", "common neighbours",
+                   "closer to", "nearer to", "found most often within", "border", "lie next to",
+                   "adjacent to"))
 def neighbourhood_composition(adata, p: NeighbourhoodParams) -> NeighbourhoodResult:
     """Cell types around cells of one type (radius or kNN) vs the tissue, with z-scores.
 

@@ -19,13 +19,16 @@ ANALYSES = {  # (slot, key) -> what it means
 
 class DescribeParams(BaseModel):
     dataset: str = Field("data", description="id of a loaded dataset")
-    max_categories: int = Field(12, ge=1, le=100, description="categories listed per annotation")
+    max_categories: int = Field(100, ge=1, le=1000, description="categories listed per annotation")
     n_genes: int = Field(10, ge=1, le=100, description="example genes listed")
 
 
 class DescribeResult(BaseModel):
     n_obs: int
     n_vars: int
+    organism: str | None = None  # from uns metadata ('dataset_info', 'organism', 'species')
+    technology: str | None = None
+    tissue: str | None = None
     coordinates: str | None = None  # obsm key
     extent: dict[str, list[float]] | None = None  # axis -> [min, max]
     annotations: dict[str, dict[str, int]] = {}  # categorical obs column -> category counts
@@ -36,11 +39,39 @@ class DescribeResult(BaseModel):
     analyses: list[str] = []
 
 
+COMMON_NAMES = {"homo sapiens": "human", "mus musculus": "mouse", "rattus norvegicus": "rat",
+                "danio rerio": "zebrafish", "drosophila melanogaster": "fruit fly",
+                "macaca mulatta": "rhesus macaque", "gallus gallus": "chicken"}
+
+
+def _metadata(adata) -> dict:
+    """organism / technology / tissue from uns (top level or a metadata dict such as
+    uns['dataset_info']); the organism gets its common name ('Homo sapiens (human)')."""
+    out = {}
+    sources = [adata.uns] + [v for k, v in adata.uns.items() if isinstance(v, dict) and
+                             any(w in k.lower() for w in ("info", "meta", "dataset", "description"))]
+    keys = {"organism": ("organism", "species"), "technology": ("technology", "platform", "assay"),
+            "tissue": ("tissue",)}
+    for field, names in keys.items():
+        for src in sources:
+            v = next((src[n] for n in names if isinstance(src.get(n), str) and src.get(n)), None)
+            if v:
+                out[field] = v
+                break
+    org = out.get("organism")
+    if org and org.lower() in COMMON_NAMES:
+        out["organism"] = f"{org} ({COMMON_NAMES[org.lower()]})"
+    return out
+
+
 @register("describe_dataset", DescribeParams, DescribeResult,
           intents=("describe", "overview", "summary of the data", "what is in", "how many cells",
-                   "how many spots", "annotations", "what data"))
+                   "how many spots", "annotations", "what data", "how many genes", "genes were measured",
+                   "annotated", "has the most", "which species", "organism", "technology",
+                   "platform", "what tissue"))
 def describe_dataset(adata, p: DescribeParams) -> DescribeResult:
-    """Describe a dataset: size, coordinates, annotations with counts, genes, layers, analyses present."""
+    """Describe a dataset: size, organism / technology (if recorded), coordinates, annotations with
+    counts, genes, layers, analyses present."""
     import numpy as np
     import pandas as pd
 
@@ -65,6 +96,7 @@ def describe_dataset(adata, p: DescribeParams) -> DescribeResult:
         genes = list(adata.var_names[: p.n_genes])
     slots = {"layers": adata.layers, "obsm": adata.obsm, "obsp": adata.obsp, "obs": adata.obs}
     present = [what for (slot, key), what in ANALYSES.items() if key in slots[slot]]
-    return DescribeResult(n_obs=adata.n_obs, n_vars=adata.n_vars, coordinates=coords, extent=extent,
+    return DescribeResult(n_obs=adata.n_obs, n_vars=adata.n_vars, **_metadata(adata),
+                          coordinates=coords, extent=extent,
                           annotations=ann, numeric_obs=numeric, genes=[str(g) for g in genes],
                           layers=list(adata.layers), obsm=list(adata.obsm), analyses=present)

@@ -62,7 +62,8 @@ def _top(df, n, up: bool):
 
 @register("differential_expression", DEParams, DEResult,
           intents=("differentially expressed", "differential expression", "de genes",
-                   "upregulated", "downregulated", "compare expression between"))
+                   "upregulated", "downregulated", "compare expression between", "genes higher in",
+                   "genes lower in"))
 def differential_expression(adata, p: DEParams) -> DEResult:
     """DE of one group vs the rest or a reference group; writes adata.uns['de'][name]."""
     from tools.markers import group_labels, rank_genes
@@ -320,7 +321,8 @@ def overrepresentation_test(genes, background, gene_sets, *, orthologs=None, n_t
 
 
 @register("overrepresentation", ORAParams, ORAResult,
-          intents=("over-representation", "overrepresentation", "enrichment of these genes",
+          intents=("over-representation", "overrepresentation", "over-represented",
+                   "overrepresented", "enrichment of these genes",
                    "go enrichment",
                    "enriched go terms", "pathway enrichment of genes"))
 def overrepresentation(adata, p: ORAParams) -> ORAResult:

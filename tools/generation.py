@@ -500,7 +500,8 @@ def cell_index(data: CellData, adata, cell: str) -> int:
 
 @register("generate_cell", GenerateCellParams, GenerateCellResult,
           intents=("generate a cell", "generate missing cell", "predict cell from neighbourhood",
-                   "complete cell sentence"))
+                   "complete cell sentence", "predict the expression of cell", "generate cell",
+                   "from its neighbourhood", "from its neighbours", "from the surrounding cells"))
 def generate_cell(adata, p: GenerateCellParams) -> GenerateCellResult:
     """Generate one cell's ranked genes from its neighbours and score it against the observed cell;
     writes adata.uns['generated_cell']."""

@@ -457,7 +457,8 @@ class GeneInfoResult(BaseModel):
 
 
 @register("gene_info", GeneInfoParams, GeneInfoResult, needs_data=False,
-          intents=("what does gene", "gene function", "what is gene", "describe gene", "function of"))
+          intents=("what does gene", "gene function", "what is gene", "describe gene", "function of",
+                   "full name", "tell me about gene"))
 def gene_info(p: GeneInfoParams) -> GeneInfoResult:
     """Look up genes in the knowledge store: full name and NCBI RefSeq summary."""
     look = get_genes(p.genes, p.species, p.store, p.embedder, embeddings=False)

@@ -174,7 +174,9 @@ class MarkerResult(BaseModel):
 @register("marker_genes", MarkerParams, MarkerResult,
           intents=("marker genes", "markers of", "genes characterise",
                    "top genes per", "what genes define", "what distinguishes",
-                   "what makes different", "specific genes"))
+                   "what makes different", "specific genes", "genes mark", "marks",
+                   "marker of", "specifically expressed", "highly expressed in", "expressed most in",
+                   "markers"))
 def marker_genes(adata, p: MarkerParams) -> MarkerResult:
     """Marker genes per group (group vs rest, scanpy). Writes adata.uns['markers'][groupby]."""
     df, transform = rank_genes(adata, p.groupby, p.groups, "rest", p.method, p.layer,

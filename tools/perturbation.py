@@ -28,12 +28,15 @@ class _PerturbParams(BaseModel):
     max_train_cells_per_type: int = Field(1000, ge=10, description="training cells per type for the model")
     name: str | None = Field(None, description="key of the DE table under uns['de'] (default from the perturbation)")
     gene_sets: str | None = Field(None, description="GMT file: run GSEA prerank on the DE table")
+    genes: list[str] | None = Field(None, description="genes whose predicted change is reported "
+                                    "(besides the top changes)")
     seed: int = Field(0, description="random seed")
 
 
 class GeneChange(BaseModel):
     gene: str
     log_fold_change: float
+    direction: Literal["up", "down", "unchanged"] | None = None
 
 
 class PerturbationResult(BaseModel):
@@ -42,6 +45,7 @@ class PerturbationResult(BaseModel):
     max_abs_log_fold_change: float
     top_up: list[GeneChange]
     top_down: list[GeneChange]
+    genes: list[GeneChange] | None = None  # the genes asked for (params.genes), with their direction
     gsea_top_terms: list[str] | None = None
 
 
@@ -84,6 +88,17 @@ def _finish(adata, p, name: str, ctrl, pert, genes, extra: dict) -> Perturbation
     res = PerturbationResult(key=f"de/{name}", n_targets=len(ctrl),
                              max_abs_log_fold_change=float(df["log_fold_change"].abs().max()),
                              top_up=top(df.head(5)), top_down=top(df.tail(5).iloc[::-1]))
+    if p.genes:
+        by = {g.upper(): r for g, r in zip(df["gene"].astype(str), df.itertuples())}
+        asked = []
+        for g in p.genes:
+            r = by.get(str(g).upper())
+            if r is None:
+                raise UnknownKeyError(f"gene '{g}' is not among the modelled genes{suggest(g, list(df['gene']))}")
+            lfc = round(float(r.log_fold_change), 4)
+            asked.append(GeneChange(gene=r.gene, log_fold_change=lfc,
+                                    direction="up" if lfc > 0 else "down" if lfc < 0 else "unchanged"))
+        res.genes = asked
     adata.uns.setdefault("de", {})[name] = df
     adata.uns.setdefault("perturbation", {})[name] = {
         **p.model_dump(exclude_none=True), **extra, "n_targets": len(ctrl)}
@@ -128,7 +143,7 @@ def _candidates(data, targets, n: int):
 @register("perturb_neighbourhood", NeighbourhoodParams, PerturbationResult,
           intents=("perturb neighbourhood", "remove cells", "add cells", "transplant",
                    "what if there were no", "neighbourhood perturbation", "put next to",
-                   "place next to", "put near", "next to them", "surrounded by"))
+                   "place next to", "put near", "next to them", "surrounded by", "remove", "were removed"))
 def perturb_neighbourhood(adata, p: NeighbourhoodParams) -> PerturbationResult:
     """Add, remove or transplant cells of a type near target cells; predict the targets' response
     with the context model. Writes adata.uns['de'][name] and adata.uns['perturbation'][name]."""
