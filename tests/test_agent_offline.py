@@ -183,3 +183,124 @@ def test_layers_and_white_matter_markers_keep_the_annotation(tmp_path, dlpfc_hvg
     wm = [m["gene"] for m in res["steps"][-1]["result"]["markers"]["WM"]]
     assert {"MOBP", "MBP", "PLP1", "MOG", "MAG"} & set(wm)
     assert "white matter" in res["answer"] and "WM" in res["answer"]
+
+
+# ------------------------------------------------------------------ planner on real requests
+class _Session:
+    """The part of a Session the planner reads: dataset ids and the AnnData by id."""
+
+    def __init__(self, adata):
+        self.adata, self.dataset_ids = adata, ["data"]
+
+    def get(self, dataset):
+        return self.adata
+
+
+def _plan(text, adata):
+    from agent.planner import make_plan
+    from tools.registry import all_tools
+
+    p = make_plan(text, all_tools(), _Session(adata))
+    return [(s["name"], {k: v for k, v in s["args"].items() if k != "dataset"}) for s in p.steps], p
+
+
+@pytest.fixture(scope="module")
+def merfish_ad(merfish):
+    return ad.read_h5ad(merfish)
+
+
+@pytest.fixture(scope="module")
+def osmfish_ad(osmfish):
+    return ad.read_h5ad(osmfish)
+
+
+def test_numbers_inside_labels_are_not_arguments(osmfish_ad, merfish_ad):
+    ent = extract("What are the top marker genes of Layer 6?", osmfish_ad)
+    assert ent.numbers == [] and ("region", "Layer 6") in ent.categories
+    steps, _ = _plan("What are the top marker genes of Layer 6?", osmfish_ad)
+    assert steps == [("marker_genes", {"groupby": "region", "groups": ["Layer 6"]})]
+    text = "Remove Astrocyte cells near OD Mature 2 cells: is Mlc1 predicted to go up or down in the OD Mature 2 cells?"
+    steps, _ = _plan(text, merfish_ad)
+    assert [n for n, _ in steps] == ["perturb_neighbourhood"]
+    args = steps[0][1]
+    assert "n_cells" not in args and "max_train_cells_per_type" not in args
+    assert args["action"] == "remove" and args["genes"] == ["Mlc1"]
+    # a number outside the label still counts
+    assert extract("find 7 domains around Layer 6", osmfish_ad).numbers == [(7.0, "domains")]
+
+
+def test_obs_names_are_extracted_and_planned(merfish_ad):
+    ent = extract("Generate cell cell_6800 from its neighbours: which 10 genes should it express most?", merfish_ad)
+    assert ent.cells == ["cell_6800"] and ent.unknown_genes == []
+    steps, _ = _plan("Generate cell cell_6800 from its neighbours: which 10 genes should it express most?", merfish_ad)
+    assert steps == [("generate_cell", {"cell": "cell_6800", "n_genes": 10})]
+    steps, _ = _plan("Cell cell_8628 is missing: complete its cell sentence from the surrounding cells", merfish_ad)
+    assert [n for n, _ in steps] == ["generate_cell"]  # not cell_sentences / neighbourhood_composition
+
+
+def test_anchor_decides_target_and_centre(merfish_ad):
+    steps, _ = _plan("remove Microglia near Astrocyte cells", merfish_ad)
+    assert steps[0][1]["target_type"] == "Astrocyte" and steps[0][1]["perturb_type"] == "Microglia"
+    steps, _ = _plan("How would Gda in Inhibitory cells change if the nearby Excitatory cells were removed?",
+                     merfish_ad)
+    assert steps[0][0] == "perturb_neighbourhood"
+    assert (steps[0][1]["target_type"], steps[0][1]["perturb_type"]) == ("Inhibitory", "Excitatory")
+    for q in ("Are Microglia or Pericytes cells found nearer to Astrocyte cells?",
+              "Which sits closer to Astrocyte cells, Microglia or Inhibitory cells?"):
+        steps, _ = _plan(q, merfish_ad)
+        assert [n for n, _ in steps] == ["neighbourhood_composition"] and steps[0][1]["cell_type"] == "Astrocyte"
+
+
+def test_region_composition_counts_another_column(osmfish_ad):
+    steps, _ = _plan("Which cell type is most abundant in Layer 2-3 lateral?", osmfish_ad)
+    assert steps == [("region_composition", {"label_key": "cell_type", "region_key": "region",
+                                             "region": "Layer 2-3 lateral"})]
+    steps, _ = _plan("What are the three most common cell types in the neighbourhood of Pyramidal L6 cells?",
+                     osmfish_ad)
+    assert [n for n, _ in steps] == ["neighbourhood_composition"]
+
+
+def test_plain_questions_about_the_data(dlpfc_hvg300):
+    a = ad.read_h5ad(dlpfc_hvg300)
+    for q in ("How many genes were measured in this dataset?", "Which layer has the most spots?",
+              "Which species does this tissue come from, human or mouse?",
+              "Which technology produced this dataset: Visium, MERFISH or osmFISH?",
+              "How many cortical layers are annotated in this tissue?"):
+        steps, p = _plan(q, a)
+        assert [n for n, _ in steps] == ["describe_dataset"] and p.problems == [], q
+    steps, _ = _plan("Find 7 spatial domains and compare them with the annotated layers", a)
+    assert [n for n, _ in steps] == ["find_domains"]
+    # "which genes" about a group of the data is a marker question, not a gene-description search
+    steps, _ = _plan("Which genes mark Layer1?", a)
+    assert steps == [("marker_genes", {"groupby": "ground_truth", "groups": ["Layer1"]})]
+    steps, _ = _plan("Which human genes are involved in myelination?", a)
+    assert [n for n, _ in steps] == ["gene_search"]
+    steps, _ = _plan("In which layer is PCP4 most specifically expressed?", a)
+    assert steps == [("marker_genes", {"groupby": "ground_truth"})]
+
+
+def test_describe_reports_organism_and_technology(dlpfc_hvg300):
+    from tools.describe import DescribeParams, describe_dataset
+
+    r = describe_dataset(ad.read_h5ad(dlpfc_hvg300), DescribeParams())
+    assert "human" in r.organism and "Visium" in r.technology
+    assert len(r.annotations["ground_truth"]) == 8  # all categories (7 layers and NA), not 12 at most
+
+
+def test_numbered_labels_match_by_name():
+    a = ad.AnnData(np.zeros((6, 2), dtype=np.float32))
+    a.var_names = ["Gpsm1", "Nrsn1"]
+    a.obs["ground_truth"] = ["1: Granular Cell Layer", "2: Mitral Cell Layer"] * 3
+    ent = extract("What are the top marker genes of the granular cell layer?", a)
+    assert ent.categories == [("ground_truth", "1: Granular Cell Layer")] and ent.numbers == []
+    steps, _ = _plan("Which layer is Gpsm1 a marker of?", a)  # no column named: the main annotation
+    assert steps == [("marker_genes", {"groupby": "ground_truth"})]
+
+
+def test_narrator_keeps_rows_named_in_the_question():
+    rows = [{"label": f"T{i}", "count": 30 - i} for i in range(30)]
+    text = narrator.facts({"rows": rows, "markers": {f"G{i}": [{"gene": "A"}] for i in range(12)} | {
+        "G12": [{"gene": "PLP1"}]}}, named=narrator.named_in("Where is PLP1, and how many T27?"))
+    assert "T19" in text and "T20" not in text and "T27" in text  # 20 rows, and the one asked for
+    assert "G12" in text and "G9" not in text
+    assert "1: Granular" not in text and narrator.named_in("the granular cell layer")("1: Granular Cell Layer")
