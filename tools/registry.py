@@ -44,6 +44,7 @@ TOOL_MODULES = (
     "tools.composition",
     "tools.enrichment",
     "tools.communication",
+    "tools.proximity",
     "tools.knowledge",
     "tools.gene_embeddings",
     "tools.sentences",
