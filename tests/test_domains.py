@@ -307,3 +307,39 @@ def test_read_descriptions_table_and_jsonl(tmp_path):
     assert read_descriptions(j) == {"MBP": "A major constituent of myelin.", "RELN": "reelin"}
     with pytest.raises(DataError, match="no descriptions for the genes"):
         read_descriptions(t, ["NOPE"])
+
+
+def test_text_features_weighting(tissue):
+    from tools.pipeline import text_features
+
+    rng = np.random.default_rng(0)
+    tissue.obsm["X_text"] = rng.normal(size=(tissue.n_obs, 40)).astype(np.float32)
+    assert text_features(tissue, 1.0, 8) == "X_stllm"
+    assert tissue.obsm["X_stllm"].shape == (tissue.n_obs, 8)
+    mixed = {}
+    for w in (0.1, 0.9):
+        text_features(tissue, w, 8)
+        mixed[w] = tissue.obsm["X_stllm"].copy()
+        assert mixed[w].shape == (tissue.n_obs, 8)
+    # the weight acts: a low text weight keeps the planted (expression) structure
+    for w, better in ((0.1, True), (0.9, False)):
+        tissue.obsm["X_w"] = mixed[w]
+        r = find_domains(tissue, DomainParams(n_domains=4, embedding="X_w", label_key="truth",
+                                              key_added=f"d{w}"))
+        assert (r.ari > 0.8) is better
+
+
+@pytest.mark.slow
+def test_text_pipeline_end_to_end(tmp_path, monkeypatch):
+    """Prompts -> MiniLM embeddings -> features -> domains on a small simulated tissue."""
+    from tools.pipeline import PipelineParams, run_domain_pipeline
+    from tools.simulate import simulate_tissue
+
+    monkeypatch.setenv("TISSUETALK_CACHE", str(tmp_path))
+    a = simulate_tissue(seed=0, n_rows=10, n_cols=12)
+    r = run_domain_pipeline(a, PipelineParams(prompt="se", refine_graph=True, text_weight=0.5,
+                                              label_key="ground_truth"))
+    assert r["embedding"] == "X_stllm" and r["adjacency"] == "stllm_adjacency"
+    assert a.obsm["X_text"].shape == (a.n_obs, 384) and "prompt" in a.obs
+    assert {"refine_graph", "prompts", "embed", "features", "domains"} <= set(r["stages"])
+    assert r["ari"] is not None

@@ -103,17 +103,23 @@ def run_domain_pipeline(adata, p: PipelineParams, *, progress: bool = False,
 
 
 def text_features(adata, text_weight: float, n_comps: int, seed: int = 0) -> str:
-    """PCA of the text embedding, optionally concatenated with expression PCA; both blocks are
-    scaled to unit total variance first. Writes obsm['X_stllm']; returns that key."""
+    """PCA of the text embedding; with text_weight < 1 combined with expression PCA: both blocks
+    scaled to unit total variance, weighted by sqrt(w) and sqrt(1 - w), concatenated, and reduced
+    by a joint PCA to n_comps. (The joint PCA is what makes the weight act: a Gaussian mixture
+    with full or tied covariance is affine-invariant, so it ignores a block's scale in a plain
+    concatenation.) Writes obsm['X_stllm']; returns that key."""
     from sklearn.decomposition import PCA
 
     T = np.asarray(adata.obsm["X_text"], dtype=np.float64)
     T = PCA(min(n_comps, T.shape[1], T.shape[0] - 1), random_state=seed).fit_transform(T)
-    blocks = [np.sqrt(text_weight) * T / np.sqrt(T.var(0).sum())]
-    if text_weight < 1.0:
-        E = np.asarray(adata.obsm["X_pca"], dtype=np.float64)[:, :n_comps]
-        blocks.append(np.sqrt(1 - text_weight) * E / np.sqrt(E.var(0).sum()))
-    adata.obsm["X_stllm"] = np.hstack(blocks)
+    if text_weight >= 1.0:
+        adata.obsm["X_stllm"] = T
+        return "X_stllm"
+    E = np.asarray(adata.obsm["X_pca"], dtype=np.float64)[:, :n_comps]
+    Z = np.hstack([np.sqrt(text_weight) * T / np.sqrt(T.var(0).sum()),
+                   np.sqrt(1 - text_weight) * E / np.sqrt(E.var(0).sum())])
+    k = min(n_comps, Z.shape[1], Z.shape[0] - 1)
+    adata.obsm["X_stllm"] = PCA(k, random_state=seed).fit_transform(Z)
     return "X_stllm"
 
 
