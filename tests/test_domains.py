@@ -271,6 +271,23 @@ def test_pipeline_on_real_fixture_and_its_cache(hvg300, tmp_path, monkeypatch):
     c.obs["ground_truth"] = c.obs["ground_truth"].astype(object)
     c.obs.iloc[0, c.obs.columns.get_loc("ground_truth")] = "Layer1"
     assert run_domain_pipeline(c, p)["cache"] == "miss"
+    # serialised prompts are cached too (a pure function of data, graph and settings)
+    from tools.pipeline import prompt_stage
+    from tools.serialise import PromptParams
+
+    sub = a[::6].copy()
+    from tools.graph import GraphParams, build_graph
+
+    build_graph(sub, GraphParams(method="knn"))
+    pp = PromptParams(variant="se")
+    assert prompt_stage(sub, pp) == "miss"
+    again = sub.copy()
+    del again.obs["prompt"], again.var["moranI"]
+    again.uns.pop("moranI", None)
+    assert prompt_stage(again, pp) == "hit"
+    assert again.obs["prompt"].tolist() == sub.obs["prompt"].tolist()
+    assert np.allclose(again.var["moranI"], sub.var["moranI"], equal_nan=True)
+    assert prompt_stage(again, PromptParams(variant="stllm")) == "miss"
     # region detection on the fixture's PCA: well above chance (7 layers)
     rd = detect_regions(a, RegionParams(label_key="ground_truth"))
     assert rd.accuracy > 0.45 and rd.n_classes == 7
@@ -340,6 +357,7 @@ def test_text_pipeline_end_to_end(tmp_path, monkeypatch):
     r = run_domain_pipeline(a, PipelineParams(prompt="se", refine_graph=True, text_weight=0.5,
                                               label_key="ground_truth"))
     assert r["embedding"] == "X_stllm" and r["adjacency"] == "stllm_adjacency"
+    assert r["prompt_cache"] == "miss"
     assert a.obsm["X_text"].shape == (a.n_obs, 384) and "prompt" in a.obs
     assert {"refine_graph", "prompts", "embed", "features", "domains"} <= set(r["stages"])
     assert r["ari"] is not None

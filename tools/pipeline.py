@@ -4,8 +4,9 @@
 Each stage is one of the typed tools; this module only chains them, times the stages and caches
 the expression stage (preprocess + spatial graph: the slow part of a cold run) on disk, keyed by
 a hash of the whole input AnnData and the stage parameters, under ``$TISSUETALK_CACHE/pipeline``
-(default ``~/.cache/tissuetalk/pipeline``). Text embeddings have their own cache
-(:mod:`tools.embedding_cache`), so a warm run recomputes only clustering and figures.
+(default ``~/.cache/tissuetalk/pipeline``); serialised prompts likewise under ``prompts/``.
+Text embeddings have their own cache (:mod:`tools.embedding_cache`), so a warm run recomputes
+only the adjacency refinement, clustering and figures.
 """
 from __future__ import annotations
 
@@ -84,13 +85,13 @@ def run_domain_pipeline(adata, p: PipelineParams, *, progress: bool = False,
         seed = p.seed if p.graph_seed is None else p.graph_seed
         timed("refine_graph", refine_adjacency, adata, RefineParams(seed=seed))
         adjacency = "stllm_adjacency"
-    embedding = "X_pca"
+    embedding, prompt_status = "X_pca", None
     if p.prompt != "none":
         from tools.embedding import EmbedParams, embed_prompts
-        from tools.serialise import PromptParams, serialise_prompts
+        from tools.serialise import PromptParams
 
-        timed("prompts", serialise_prompts, adata,
-              PromptParams(variant=p.prompt, adjacency_key=adjacency, descriptions=p.descriptions))
+        pp = PromptParams(variant=p.prompt, adjacency_key=adjacency, descriptions=p.descriptions)
+        prompt_status = timed("prompts", prompt_stage, adata, pp, cache=cache)
         timed("embed", embed_prompts, adata, EmbedParams(embedder=p.embedder), progress=progress)
         embedding = timed("features", text_features, adata, p.text_weight, p.n_comps, p.seed)
     res = timed("domains", find_domains, adata, DomainParams(
@@ -99,7 +100,8 @@ def run_domain_pipeline(adata, p: PipelineParams, *, progress: bool = False,
         covariance=p.covariance, label_key=p.label_key, seed=p.seed))
     return {"ari": res.ari, "ami": res.ami, "nmi": res.nmi, "n_spots": int(adata.n_obs),
             "n_scored": res.n_scored, "sizes": res.sizes, "embedding": embedding,
-            "adjacency": adjacency, "cache": status, "stages": stages}
+            "adjacency": adjacency, "cache": status, "prompt_cache": prompt_status,
+            "stages": stages}
 
 
 def text_features(adata, text_weight: float, n_comps: int, seed: int = 0) -> str:
@@ -239,21 +241,80 @@ def expression_stage(adata, pre, gp, *, cache: bool = True, stages: dict | None 
     return "miss"
 
 
+def _prompt_key(adata, pp) -> str:
+    """Hash of what serialise_prompts reads: expression, genes, HVGs, coordinates, the graph,
+    any stored Moran's I and the prompt settings (descriptions included)."""
+    h = hashlib.sha256(CACHE_VERSION.encode())
+    _hash_matrix(h, adata.X)
+    h.update("\0".join(map(str, adata.var_names)).encode())
+    h.update("\0".join(map(str, adata.obs_names)).encode())
+    for col in ("highly_variable", "moranI"):
+        if col in adata.var:
+            h.update(col.encode() + np.asarray(adata.var[col], dtype=float).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(adata.obsm["spatial"], dtype=float)).tobytes())
+    _hash_matrix(h, adata.obsp[pp.adjacency_key])
+    h.update(pp.model_dump_json(exclude={"dataset", "descriptions"}).encode())
+    h.update(repr(sorted((pp.descriptions or {}).items())).encode())
+    return h.hexdigest()[:32]
+
+
+def prompt_stage(adata, pp, *, cache: bool = True) -> str:
+    """serialise_prompts through the on-disk cache (prompts are a pure function of the data,
+    the graph and the settings). Returns "hit", "miss" or "off"."""
+    import pandas as pd
+
+    from tools.serialise import serialise_prompts
+
+    path = None
+    if cache and pp.adjacency_key in adata.obsp and "spatial" in adata.obsm:
+        path = cache_root() / "prompts" / f"{_prompt_key(adata, pp)}.pkl"
+        if path.exists():
+            try:
+                with open(path, "rb") as f:
+                    s = pickle.load(f)
+                if s.get("version") == CACHE_VERSION and len(s["prompt"]) == adata.n_obs:
+                    if s["moranI_df"] is not None:
+                        adata.uns["moranI"] = s["moranI_df"]
+                    adata.var["moranI"] = s["moranI"]
+                    adata.obs["prompt"] = pd.Series(s["prompt"], index=adata.obs_names,
+                                                    dtype=object)
+                    adata.obs["prompt_genes"] = pd.Series(s["prompt_genes"],
+                                                          index=adata.obs_names, dtype=object)
+                    adata.uns["prompt"] = s["uns"]
+                    return "hit"
+            except Exception:  # unreadable cache file: recompute and overwrite it
+                pass
+    had_moran = "moranI" in adata.uns
+    serialise_prompts(adata, pp)
+    if path is None:
+        return "off"
+    _write_pickle(path, {
+        "version": CACHE_VERSION, "prompt": adata.obs["prompt"].tolist(),
+        "prompt_genes": adata.obs["prompt_genes"].tolist(), "uns": adata.uns["prompt"],
+        "moranI": adata.var["moranI"].to_numpy(),
+        "moranI_df": None if had_moran else adata.uns.get("moranI")})
+    return "miss"
+
+
+def _write_pickle(path: Path, obj) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full cache directory only costs speed
+        if "tmp" in locals() and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _store(adata, path: Path) -> None:
     state = {"version": CACHE_VERSION, "obs_names": adata.obs_names.to_numpy(),
              "var_names": adata.var_names.to_numpy(), "X": adata.X,
              "layers": dict(adata.layers), "obs": adata.obs, "var": adata.var,
              "obsm": dict(adata.obsm), "varm": dict(adata.varm), "obsp": dict(adata.obsp),
              "uns": dict(adata.uns)}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except OSError:  # a read-only or full cache directory only costs speed
-        if "tmp" in locals() and os.path.exists(tmp):
-            os.unlink(tmp)
+    _write_pickle(path, state)
 
 
 def _restore(adata, path: Path) -> bool:
