@@ -125,44 +125,19 @@ def majority_refine(labels: np.ndarray, A) -> np.ndarray:
     return out
 
 
-def fuzzy_knn_graph(X: np.ndarray, n_neighbors: int = 15):
-    """UMAP's fuzzy simplicial set of the rows of X (the graph scanpy's neighbours compute):
-    exact kNN, rho = nearest non-zero distance, sigma by bisection so that
-    sum_j exp(-(d_ij - rho_i) / sigma_i) = log2(k); fuzzy union P + P^T - P o P^T (COO)."""
-    import scipy.sparse as sp
-    from sklearn.neighbors import NearestNeighbors
-
-    X = np.asarray(X, dtype=np.float64)
-    n = X.shape[0]
-    k = min(n_neighbors, n - 1)
-    d, idx = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(X)
-    d, idx = d[:, 1:], idx[:, 1:]
-    pos = np.where(d > 0, d, np.inf).min(1)
-    rho = np.where(np.isfinite(pos), pos, 0.0)
-    excess = np.maximum(d - rho[:, None], 0.0)
-    target = np.log2(k)
-    lo, hi, sigma = np.zeros(n), np.full(n, np.inf), np.ones(n)
-    for _ in range(64):
-        psum = np.exp(-excess / sigma[:, None]).sum(1)
-        big = psum > target
-        hi = np.where(big, sigma, hi)
-        lo = np.where(big, lo, sigma)
-        sigma = np.where(np.isinf(hi), sigma * 2, (lo + hi) / 2)
-    sigma = np.maximum(sigma, 1e-3 * max(float(d.mean()), 1e-12))
-    w = np.exp(-excess / sigma[:, None])
-    P = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(n), k), idx.ravel())), shape=(n, n))
-    PT = P.T.tocsr()
-    return (P + PT - P.multiply(PT)).tocoo()
-
-
 def _leiden_n(F: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Leiden (igraph, modularity) on the fuzzy 15-NN graph of F, bisecting the resolution to
-    reach n clusters (the closest count found when n is not reached exactly)."""
+    """Leiden (igraph, modularity) on scanpy's 15-NN connectivities of F, bisecting the resolution
+    to reach n clusters (the closest count found when n is not reached exactly)."""
     import random
 
+    import anndata as ad
     import igraph as ig
+    import scanpy as sc
 
-    G = fuzzy_knn_graph(F, 15)
+    tmp = ad.AnnData(np.zeros((F.shape[0], 1), dtype=np.float32))
+    tmp.obsm["F"] = np.asarray(F, dtype=np.float32)
+    sc.pp.neighbors(tmp, use_rep="F", n_neighbors=15, random_state=seed)
+    G = tmp.obsp["connectivities"].tocoo()
     keep = G.row < G.col
     g = ig.Graph(n=F.shape[0], edges=list(zip(G.row[keep].tolist(), G.col[keep].tolist())),
                  edge_attrs={"weight": G.data[keep].tolist()})

@@ -1,18 +1,13 @@
 """Figures (PNG): spatial maps of domains against annotations, UMAP of an embedding.
 
-The UMAP is computed by default with a vectorised numpy implementation of UMAP
-(McInnes et al. 2018: fuzzy kNN graph with per-point bandwidths, fuzzy union, the same
-attraction / negative-sampling repulsion objective and a/b curve), optimised in synchronous
-batches instead of umap-learn's sequential numba SGD. umap-learn's numba JIT costs 20-200 s on a
-cold start on 2 shared cores; this costs about a second for 4,000 spots. Layouts are cached by a
-hash of the embedding and the settings.
+The UMAP comes from umap-learn; its numba JIT makes the first layout in a process slow, so
+layouts are cached by a hash of the embedding and the settings ($TISSUETALK_CACHE/umap).
 """
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -37,9 +32,6 @@ class UmapPlotParams(BaseModel):
     name: str = Field("umap", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="file name stem")
     n_neighbors: int = Field(15, ge=2, le=200, description="UMAP neighbours")
     n_epochs: int = Field(200, ge=10, le=1000, description="layout optimisation epochs")
-    backend: Literal["numpy", "umap-learn"] = Field(
-        "numpy", description="numpy: this module's vectorised UMAP (no JIT, seconds); "
-        "umap-learn: the reference package (numba JIT: slow on a cold start)")
     seed: int = Field(0, ge=0, description="random seed of the layout")
     cache: bool = Field(True, description="reuse a layout cached for the same embedding and "
                         "settings ($TISSUETALK_CACHE/umap)")
@@ -135,66 +127,14 @@ def plot_umap(adata, p: UmapPlotParams, *, workdir) -> FigureResult:
 
 
 # ---------------------------------------------------------------- UMAP
-def _ab(min_dist: float = 0.1, spread: float = 1.0) -> tuple[float, float]:
-    """UMAP's a, b: least-squares fit of 1 / (1 + a d^2b) to the min_dist / spread curve."""
-    from scipy.optimize import curve_fit
-
-    x = np.linspace(0, spread * 3, 300)
-    y = np.where(x < min_dist, 1.0, np.exp(-(x - min_dist) / spread))
-    (a, b), _ = curve_fit(lambda d, a, b: 1.0 / (1.0 + a * d ** (2 * b)), x, y)
-    return float(a), float(b)
-
-
-def umap_numpy(X: np.ndarray, n_neighbors: int = 15, n_epochs: int = 200, min_dist: float = 0.1,
-               negative_rate: int = 5, seed: int = 0) -> np.ndarray:
-    """2-D UMAP layout of the rows of X (see the module docstring)."""
-    from tools.domains import fuzzy_knn_graph
-
-    G = fuzzy_knn_graph(X, n_neighbors)
-    keep = G.data >= G.data.max() / n_epochs  # as umap-learn: edges too weak to be sampled
-    head, tail, w = G.row[keep], G.col[keep], G.data[keep]
-    a, b = _ab(min_dist)
-    rng = np.random.default_rng(seed)
-    n = X.shape[0]
-    # initial layout: leading principal components scaled to [-10, 10] (umap-learn's range)
-    Xc = X - X.mean(0)
-    _, _, vt = np.linalg.svd(Xc[:, :min(X.shape[1], 50)], full_matrices=False)
-    Y = Xc[:, :vt.shape[1]] @ vt[:2].T if vt.shape[0] >= 2 else rng.normal(size=(n, 2))
-    Y = 20 * (Y - Y.min(0)) / np.maximum(np.ptp(Y, 0), 1e-12) - 10
-    Y = Y + rng.normal(scale=1e-4, size=Y.shape)
-    prob = w / w.max()
-    for epoch in range(n_epochs):
-        alpha = 1.0 - epoch / n_epochs
-        m = rng.random(len(prob)) < prob  # each edge about w / w_max times per epoch
-        i, j = head[m], tail[m]
-        diff = Y[i] - Y[j]
-        d2 = (diff ** 2).sum(1)
-        coef = np.where(d2 > 0, -2 * a * b * d2 ** (b - 1) / (1 + a * d2 ** b), 0.0)
-        g = np.clip(coef[:, None] * diff, -4, 4)
-        grad = np.zeros_like(Y)
-        for c in (0, 1):
-            grad[:, c] += np.bincount(i, g[:, c], n) - np.bincount(j, g[:, c], n)
-        ii = np.repeat(i, negative_rate)
-        kk = rng.integers(0, n, size=len(ii))
-        diff = Y[ii] - Y[kk]
-        d2 = (diff ** 2).sum(1)
-        coef = 2 * b / ((0.001 + d2) * (1 + a * d2 ** b))
-        g = np.where((d2 > 0)[:, None], np.clip(coef[:, None] * diff, -4, 4), 4.0)
-        g[ii == kk] = 0.0
-        for c in (0, 1):
-            grad[:, c] += np.bincount(ii, g[:, c], n)
-        Y += alpha * grad
-    return Y.astype(np.float32)
-
-
 def cached_umap(X: np.ndarray, p: UmapPlotParams) -> np.ndarray:
-    """UMAP layout of X by p.backend, through an on-disk cache keyed by X's bytes and p."""
+    """UMAP layout of X (umap-learn), through an on-disk cache keyed by X's bytes and p."""
     import hashlib
 
     from tools.pipeline import cache_root
 
     X = np.ascontiguousarray(X, dtype=np.float32)
-    key = hashlib.sha256(X.tobytes() + repr((X.shape, p.backend, p.n_neighbors, p.n_epochs,
+    key = hashlib.sha256(X.tobytes() + repr((X.shape, "umap-learn", p.n_neighbors, p.n_epochs,
                                              p.seed, "umap-v1")).encode()).hexdigest()[:32]
     path = cache_root() / "umap" / f"{key}.npy"
     if p.cache and path.exists():
@@ -204,13 +144,10 @@ def cached_umap(X: np.ndarray, p: UmapPlotParams) -> np.ndarray:
                 return U
         except (OSError, ValueError):
             pass
-    if p.backend == "umap-learn":
-        import umap
+    import umap
 
-        U = umap.UMAP(n_neighbors=p.n_neighbors, n_epochs=p.n_epochs, random_state=p.seed,
-                      n_jobs=1).fit_transform(X).astype(np.float32)
-    else:
-        U = umap_numpy(X, n_neighbors=p.n_neighbors, n_epochs=p.n_epochs, seed=p.seed)
+    U = umap.UMAP(n_neighbors=p.n_neighbors, n_epochs=p.n_epochs, random_state=p.seed,
+                  n_jobs=1).fit_transform(X).astype(np.float32)
     if p.cache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,8 +38,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.add_argument("--no-umap", action="store_true",
                    help="skip the UMAP figure (the spatial map is still drawn)")
-    p.add_argument("--umap-backend", default="numpy", choices=["numpy", "umap-learn"],
-                   help="numpy (default: vectorised UMAP, no JIT) or the umap-learn package")
     p.add_argument("--no-cache", action="store_true",
                    help="recompute everything (default: reuse the preprocessing / graph, "
                    "embedding and UMAP caches in $TISSUETALK_CACHE, default ~/.cache/tissuetalk)")
@@ -126,7 +124,7 @@ def _run(args):
     figures = []
     if not args.no_plots:
         figures = _plots(adata, out, params.label_key, res["embedding"], res["stages"],
-                         umap=None if args.no_umap else args.umap_backend,
+                         umap=not args.no_umap,
                          cache=not args.no_cache)
     t = time.perf_counter()
     h5 = write_h5ad(adata, out / "domains.h5ad")
@@ -166,8 +164,7 @@ def _plots(adata, out: Path, label_key, embedding, stages, umap: str | None,
     stages["plot_spatial"] = round(time.perf_counter() - t, 3)
     if umap:
         t = time.perf_counter()
-        figs.append(plot_umap(adata, UmapPlotParams(embedding=embedding, backend=umap,
-                                                    cache=cache), workdir=out).figure)
+        figs.append(plot_umap(adata, UmapPlotParams(embedding=embedding, cache=cache), workdir=out).figure)
         stages["plot_umap"] = round(time.perf_counter() - t, 3)
     return figs
 
