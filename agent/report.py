@@ -8,7 +8,7 @@ import json
 import time
 
 from agent.narrator import facts
-from agent.session import atomic_write_text
+from tools.io import write_text
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 
@@ -83,6 +83,6 @@ def write_reports(turn: dict, session) -> tuple[str, str]:
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{turn['index']:03d}"
     md = session.dir / "reports" / f"{stamp}.md"
     ht = session.dir / "reports" / f"{stamp}.html"
-    atomic_write_text(md, to_markdown(turn))
-    atomic_write_text(ht, to_html(turn, session.dir))
+    write_text(md, to_markdown(turn))
+    write_text(ht, to_html(turn, session.dir))
     return str(md), str(ht)

@@ -16,11 +16,11 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import time
 from pathlib import Path
 
 from tools.errors import DataError, UnknownKeyError, suggest
+from tools.io import write_h5ad, write_text
 
 
 def sessions_home() -> Path:
@@ -31,19 +31,6 @@ def sessions_home() -> Path:
 
 def new_session_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _slug(name: str) -> str:
@@ -90,7 +77,7 @@ class Session:
         return self.dir / "checkpoint.sqlite"
 
     def _save_meta(self) -> None:
-        atomic_write_text(self.meta_path, json.dumps(self.meta, indent=1))
+        write_text(self.meta_path, json.dumps(self.meta, indent=1))
 
     # ---- allowed roots ---------------------------------------------------------------------
     def allow(self, path) -> None:
@@ -174,14 +161,7 @@ class Session:
         """Write the working copy of `name` atomically (temp file, then os.replace)."""
         adata = self._adata[name]
         dest = self.dir / self.meta["datasets"][name]["file"]
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.stem}.", suffix=".h5ad")
-        os.close(fd)
-        try:
-            adata.write_h5ad(tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_h5ad(adata, dest)
         self.meta["datasets"][name]["shape"] = list(adata.shape)
         self._save_meta()
 

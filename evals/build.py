@@ -260,9 +260,9 @@ def main(argv=None) -> int:
     for cat in CATEGORIES:
         write_jsonl(out / f"{cat}.jsonl", [x for x in qs if x["category"] == cat])
     write_jsonl(out / "ci_dlpfc_hvg300.jsonl", ci)
-    from agent.session import atomic_write_text
+    from tools.io import write_text
 
-    atomic_write_text(out / "kb_genes.json", json.dumps(kb, indent=0) + "\n")
+    write_text(out / "kb_genes.json", json.dumps(kb, indent=0) + "\n")
     n = {c: sum(x["category"] == c for x in qs + ci) for c in CATEGORIES}
     log(f"{len(qs) + len(ci)} questions ({len(ci)} in the CI subset) in {time.time() - t0:.0f} s: {n}")
     return 0

@@ -331,7 +331,7 @@ def scorecard(summary: dict, max_failures: int = 200) -> str:
 
 def write_results(out_dir, summary: dict, results: list[dict]) -> Path:
     """A new JSON file in `out_dir` (atomic write) with the summary and every record."""
-    from agent.session import atomic_write_text
+    from tools.io import write_text
 
     out = Path(out_dir)
     path = out / f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
@@ -340,5 +340,5 @@ def write_results(out_dir, summary: dict, results: list[dict]) -> Path:
         path = out / f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{n}.json"
         n += 1
     summary["results_file"] = str(path)
-    atomic_write_text(path, json.dumps({"summary": summary, "results": results}, indent=1, default=str))
+    write_text(path, json.dumps({"summary": summary, "results": results}, indent=1, default=str))
     return path

@@ -148,9 +148,9 @@ def load_suite(path=None) -> tuple[list[Question], list[SuiteError]]:
 
 def write_jsonl(path, questions: list[dict]) -> None:
     """Write questions (dicts) one per line, atomically."""
-    from agent.session import atomic_write_text
+    from tools.io import write_text
 
-    atomic_write_text(Path(path), "".join(json.dumps(x, ensure_ascii=False, default=_plain) + "\n"
+    write_text(Path(path), "".join(json.dumps(x, ensure_ascii=False, default=_plain) + "\n"
                                           for x in questions))
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from tools.errors import BackendError, DataError, ParameterError, suggest
+from tools.io import atomic_path
 
 SPECIES = {"human": 9606, "mouse": 10090}
 FTP_FILES = {"human": "Homo_sapiens.gene_info.gz", "mouse": "Mus_musculus.gene_info.gz"}
@@ -305,13 +306,11 @@ def download_gene_info(species: str, dest_dir, base_url: str = FTP_URL) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / FTP_FILES[species]
     url = base_url.rstrip("/") + "/" + FTP_FILES[species]
-    tmp = dest.with_suffix(".part")
     try:
-        with urllib.request.urlopen(url, timeout=60) as r, tmp.open("wb") as fh:
+        with atomic_path(dest, ".part") as tmp, urllib.request.urlopen(url, timeout=60) as r, \
+                tmp.open("wb") as fh:
             while chunk := r.read(1 << 20):
                 fh.write(chunk)
-        os.replace(tmp, dest)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise BackendError(f"download of {url} failed: {e}") from e
     return dest

@@ -10,10 +10,10 @@ only the adjacency refinement, clustering and figures.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal
@@ -297,15 +297,10 @@ def prompt_stage(adata, pp, *, cache: bool = True) -> str:
 
 
 def _write_pickle(path: Path, obj) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except OSError:  # a read-only or full cache directory only costs speed
-        if "tmp" in locals() and os.path.exists(tmp):
-            os.unlink(tmp)
+    from tools.io import atomic_path
+
+    with contextlib.suppress(OSError), atomic_path(path) as tmp:  # a read-only cache only costs speed
+        tmp.write_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _store(adata, path: Path) -> None:

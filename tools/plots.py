@@ -5,8 +5,7 @@ layouts are cached by a hash of the embedding and the settings ($TISSUETALK_CACH
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +43,10 @@ class FigureResult(BaseModel):
 
 def _save(fig, path: Path) -> None:
     """Write a figure atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    from tools.io import atomic_path
+
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
 
 
 def _categorical_colours(values):
@@ -149,12 +147,8 @@ def cached_umap(X: np.ndarray, p: UmapPlotParams) -> np.ndarray:
     U = umap.UMAP(n_neighbors=p.n_neighbors, n_epochs=p.n_epochs, random_state=p.seed,
                   n_jobs=1).fit_transform(X).astype(np.float32)
     if p.cache:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, U)
-            os.replace(tmp, path)
-        except OSError:
-            pass
+        from tools.io import atomic_path
+
+        with contextlib.suppress(OSError), atomic_path(path, ".npy") as tmp:
+            np.save(tmp, U)
     return U

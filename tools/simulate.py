@@ -4,7 +4,6 @@ Needs no data files: gene symbols (real human symbols) and layer profiles are em
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -211,11 +210,6 @@ def demo_path(workdir: str | Path, seed: int = 0) -> Path:
     path = workdir / DEMO_FILE
     if path.exists():
         return path
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = workdir / f".{DEMO_FILE}.{os.getpid()}.tmp.h5ad"
-    try:
-        simulate_tissue(seed=seed).write_h5ad(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    from tools.io import write_h5ad
+
+    return write_h5ad(simulate_tissue(seed=seed), path)
