@@ -260,31 +260,18 @@ def baseline_predictions(data: CellData, means, targets, idx, conditioned: bool)
 # ---------------------------------------------------------------- LLM generator
 
 def make_chat_model(spec: str, max_tokens: int = 256):
-    """A chat model (langchain BaseChatModel-like, `.invoke(messages)`) from a spec string:
-    ``openai:<model>``, ``anthropic:<model>``, ``openai-compatible:<url>#<model>`` or ``hf:<dir>``
-    (a local Hugging Face causal LM, greedy decoding). Keys come from the environment only."""
-    import os
+    """A chat model (`.invoke(messages)`) from a spec string: ``hf:<dir>`` (a local Hugging Face
+    causal LM, greedy decoding) or any spec the agent's providers take (``openai:<model>``,
+    ``anthropic:<model>``, ``openai-compatible:<url>#<model>``). Keys come from the environment."""
+    from agent.providers import make_chat_model as provider_model, parse_spec
 
     kind, _, rest = spec.partition(":")
-    if not rest:
-        raise ParameterError(f"model spec '{spec}' is not '<provider>:<model>'")
-    if kind == "openai":
-        from langchain_openai import ChatOpenAI
-        return ChatOpenAI(model=rest, temperature=0, max_tokens=max_tokens, max_retries=1)
-    if kind == "openai-compatible":
-        from langchain_openai import ChatOpenAI
-        url, _, model = rest.partition("#")
-        if not model:
-            raise ParameterError(f"model spec '{spec}' needs '#<model>' after the URL")
-        return ChatOpenAI(model=model, base_url=url, temperature=0, max_tokens=max_tokens,
-                          api_key=os.environ.get("OPENAI_API_KEY", "not-needed"), max_retries=1)
-    if kind == "anthropic":
-        from langchain_anthropic import ChatAnthropic
-        return ChatAnthropic(model=rest, temperature=0, max_tokens=max_tokens, max_retries=1)
-    if kind == "hf":
+    if kind == "hf" and rest:
         return HFCausalLM(rest, max_new_tokens=max_tokens)
-    raise ParameterError(f"unknown model provider '{kind}'"
-                         f"{suggest(kind, ['openai', 'anthropic', 'openai-compatible', 'hf'])}")
+    if kind not in ("openai", "anthropic", "openai-compatible"):
+        raise ParameterError(f"unknown model provider '{kind}'"
+                             f"{suggest(kind, ['openai', 'anthropic', 'openai-compatible', 'hf'])}")
+    return provider_model(parse_spec(spec), max_retries=1, max_tokens=max_tokens)
 
 
 class HFCausalLM:
