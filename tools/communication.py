@@ -79,8 +79,9 @@ class LRParams(BaseModel):
     direction: Literal["sender_to_neighbours", "neighbours_to_sender"] = Field(
         "sender_to_neighbours", description="ligand in the sender and receptor in neighbours, "
         "or ligand in neighbours and receptor in the sender")
-    section_key: str | None = Field(None, description="obs column of sections; distances are "
-                                    "measured within a section")
+    section_key: str | None = Field("auto", description="obs column of sections (distances are "
+                                    "measured within a section); auto = the first of section, "
+                                    "slice_id, slice, bregma, library_id, sample present; None = one section")
     resource: str = Field("auto", description="liana resource name (consensus, mouseconsensus,"
                           " cellphonedb, ...); auto = consensus for the data's species")
     lr_table: str | None = Field(None, description="path to a ligand-receptor CSV/TSV instead")
@@ -121,14 +122,26 @@ class LRResult(BaseModel):
     top_pairs: list[LRPair]
 
 
+SECTION_COLUMNS = ("section", "slice_id", "slice", "bregma", "library_id", "sample")
+
+
+def section_column(adata, section_key: str | None) -> str | None:
+    """`section_key`, or for "auto" the first of SECTION_COLUMNS present in obs (None if none)."""
+    if section_key == "auto":
+        return next((c for c in SECTION_COLUMNS if c in adata.obs), None)
+    return section_key
+
+
 def near_far(adata, labels, sender, receiver, radius, section_key=None):
-    """Zone per cell: 'sender', 'near', 'far' or None (not a receiver)."""
+    """Zone per cell: 'sender', 'near', 'far' or None (not a receiver); distances within a
+    section (`section_key`, "auto" as in section_column)."""
     from scipy.spatial import cKDTree
 
     from tools.markers import group_labels
 
     require_obsm(adata, "spatial")
     xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2]
+    section_key = section_column(adata, section_key)
     sec = group_labels(adata, section_key)[0] if section_key else np.zeros(len(xy), object)
     is_s = labels == sender
     recv = (labels != None) & ~is_s  # noqa: E711

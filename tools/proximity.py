@@ -16,9 +16,6 @@ from tools.errors import ParameterError
 from tools.registry import register
 
 
-SECTION_COLUMNS = ("section", "slice_id", "slice", "bregma", "library_id", "sample")
-
-
 class ProximityParams(BaseModel):
     dataset: str = Field("data", description="id of a loaded dataset")
     label_key: str = Field(description="obs column with cell types")
@@ -70,7 +67,7 @@ class ProximityResult(BaseModel):
 def expression_near(adata, p: ProximityParams) -> ProximityResult:
     """Genes of one cell type near vs far from another type (within radius µm); DE table to
     adata.uns['de'][name], where GSEA can read it."""
-    from tools.communication import near_far
+    from tools.communication import near_far, section_column
     from tools.markers import check_group, group_labels, log_expression, rank_genes
     from tools.sentences import require_gene
 
@@ -80,9 +77,7 @@ def expression_near(adata, p: ProximityParams) -> ProximityResult:
     if center == cell_type:
         raise ParameterError(f"center and cell_type are both '{center}': name two different types")
     genes = [require_gene(adata.var_names, g) for g in (p.genes or [])]
-    section_key = p.section_key
-    if section_key == "auto":
-        section_key = next((c for c in SECTION_COLUMNS if c in adata.obs), None)
+    section_key = section_column(adata, p.section_key)
     zone = near_far(adata, lab, center, cell_type, p.radius, section_key)
     n_near, n_far = int((zone == "near").sum()), int((zone == "far").sum())
     if min(n_near, n_far) < p.min_cells:
